@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+
+
+class AccountsConfig(AppConfig):
+    name = "accounts"
+
+    def ready(self):
+        from . import adjust, audit, locks, recovery
+
+        locks.register_finisher("adjust", adjust.finish_adjust)
+        recovery.register_pass("locks", recovery.recover_locks)
+        audit.register_audit(audit.audit_accounts)

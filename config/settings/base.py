@@ -1,0 +1,154 @@
+"""Settings shared by every environment. Values come from the environment (or `.env` when present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").is_file():
+    environ.Env.read_env(BASE_DIR / ".env")
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """Strict booleans: only true/false/1/0 are accepted, so `DEBUG=yes` fails loudly."""
+    raw = env.str(name, default="")
+    if raw == "":
+        return default
+    if raw.lower() in ("true", "1"):
+        return True
+    if raw.lower() in ("false", "0"):
+        return False
+    raise environ.ImproperlyConfigured(f"{name} must be true, false, 1 or 0, not {raw!r}")
+
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
+SITE_NAME = env.str("SITE_NAME", default="Ad Space Market")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "docstore",
+    "accounts",
+    "adspace",
+    "bitcoinkeys",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "accounts.context_processors.site",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CACHES = {
+    # A file cache is shared by every gunicorn worker on the machine, so rate limits hold across them.
+    "default": env.cache("CACHE_URL", default=f"filecache://{BASE_DIR / 'var' / 'cache'}"),
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "account"
+LOGOUT_REDIRECT_URL = "home"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+
+# Uploads are read into memory and checked before anything is stored; keep the ceiling explicit.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 3 * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 3 * 1024 * 1024
+
+# --- docstore (DESIGN.md section 3) ---
+DOCSTORE = {
+    "BACKEND": env.str("DOCSTORE_BACKEND", default="embedded"),
+    "PATH": env.str("DOCSTORE_PATH", default=str(BASE_DIR / "var" / "docstore.sqlite3")),
+    "PREFIX": env.str("DOCSTORE_PREFIX", default=""),
+    "DURABILITY": env.str("DOCSTORE_DURABILITY", default="durable"),
+    "COUCHBASE_CONNSTR": env.str("COUCHBASE_CONNSTR", default=""),
+    "COUCHBASE_BUCKET": env.str("COUCHBASE_BUCKET", default="adspace"),
+    "COUCHBASE_SCOPE": env.str("COUCHBASE_SCOPE", default="_default"),
+    "COUCHBASE_COLLECTION": env.str("COUCHBASE_COLLECTION", default="_default"),
+    "COUCHBASE_USERNAME": env.str("COUCHBASE_USERNAME", default=""),
+    "COUCHBASE_PASSWORD": env.str("COUCHBASE_PASSWORD", default=""),
+    "COUCHBASE_DURABILITY": env.str("COUCHBASE_DURABILITY", default="majority"),
+}
+
+# --- money (DESIGN.md section 5), all in satoshis ---
+LOCK_LEASE_SECONDS = env.int("LOCK_LEASE_SECONDS", default=30)
+SALE_FEE_PERMILLE = env.int("SALE_FEE_PERMILLE", default=15)
+WITHDRAW_FEE_PERMILLE = env.int("WITHDRAW_FEE_PERMILLE", default=15)
+MIN_CAMPAIGN_PRICE_SATS = env.int("MIN_CAMPAIGN_PRICE_SATS", default=300_000)
+MIN_DEPOSIT_SATS = env.int("MIN_DEPOSIT_SATS", default=300_000)
+MIN_WITHDRAWAL_SATS = env.int("MIN_WITHDRAWAL_SATS", default=3_000_000)
+WORKER_STALE_SECONDS = env.int("WORKER_STALE_SECONDS", default=60)
+WORKER_INTERVAL_SECONDS = env.float("WORKER_INTERVAL_SECONDS", default=1.0)
+
+# Rate limits: attempts per window, per client (and per username for login).
+LOGIN_RATE_LIMIT = env.int("LOGIN_RATE_LIMIT", default=10)
+REGISTER_RATE_LIMIT = env.int("REGISTER_RATE_LIMIT", default=5)
+RATE_LIMIT_WINDOW_SECONDS = env.int("RATE_LIMIT_WINDOW_SECONDS", default=300)
+
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+}
+AUTH_USER_MODEL = "accounts.User"

@@ -1,0 +1,16 @@
+"""Test settings: fast hashing, locmem cache, quiet logs. The docstore is set per test by fixtures."""
+
+from .base import *  # noqa: F403
+from .base import LOGGING
+
+DEBUG = False
+SECRET_KEY = "test-only-not-secret-" + "y" * 40
+ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+LOGGING = {**LOGGING, "root": {"handlers": ["console"], "level": "WARNING"}}

@@ -1,0 +1,97 @@
+"""Shared fixtures: a fresh docstore and a fixed clock for every test, and named actors.
+
+The embedded backend is the default; `TEST_DOCSTORE_BACKEND=couchbase` (with COUCHBASE_CONNSTR)
+runs the whole suite on Couchbase, each test under its own DOCSTORE_PREFIX.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from django.conf import settings
+from django.core.cache import cache
+
+import docstore
+from accounts.gateway import ensure_account
+from docstore import FixedClock
+
+T0 = 1_700_000_000
+PASSWORD = "correct-horse-battery-9"
+
+
+def make_test_store(tmp_path):
+    backend = os.environ.get("TEST_DOCSTORE_BACKEND", "embedded")
+    if backend == "couchbase":
+        config = {**settings.DOCSTORE, "BACKEND": "couchbase"}
+        return docstore.build_store(config, prefix=f"test-{uuid.uuid4().hex[:12]}::")
+    if backend == "memory":
+        return docstore.build_store({"BACKEND": "memory"})
+    return docstore.build_store(
+        {"BACKEND": "embedded", "PATH": str(tmp_path / "docstore.sqlite3")}, prefix=""
+    )
+
+
+@pytest.fixture(autouse=True)
+def store(tmp_path):
+    s = make_test_store(tmp_path)
+    docstore.set_store(s)
+    yield s
+    docstore.set_store(None)
+    s.close()
+
+
+@pytest.fixture(autouse=True)
+def clock():
+    c = FixedClock(T0)
+    docstore.set_clock(c)
+    yield c
+    docstore.set_clock(None)
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def make_user(db, store, clock):
+    """Create an ORM user and their account document."""
+    from accounts.models import User
+
+    def make(username: str, balance: int = 0, staff: bool = False):
+        user = User.objects.create_user(username=username, password=PASSWORD)
+        if staff:
+            user.is_staff = user.is_superuser = True
+            user.save()
+        ensure_account(store, clock, username)
+        if balance:
+            from accounts.adjust import adjust_balance
+
+            adjust_balance(store, clock, username, balance, "test funding")
+        return user
+
+    return make
+
+
+@pytest.fixture
+def seller(make_user):
+    return make_user("seller")
+
+
+@pytest.fixture
+def buyer(make_user):
+    return make_user("buyer", balance=10_000_000)
+
+
+@pytest.fixture
+def outsider(make_user):
+    return make_user("outsider")
+
+
+@pytest.fixture
+def staff(make_user):
+    return make_user("staffer", staff=True)
