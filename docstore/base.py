@@ -72,7 +72,7 @@ class Store:
         """Atomically add `delta` (> 0); an absent counter is created holding `initial`, returned as is."""
         raise NotImplementedError
 
-    def close(self) -> None:  # noqa: B027 - optional for backends without resources
+    def close(self) -> None:
         pass
 
 

@@ -16,7 +16,7 @@ from .base import Store
 MUTATING = frozenset({"insert", "replace", "upsert", "remove", "counter"})
 
 
-class Crash(BaseException):  # noqa: N818 - a simulated process death, not an error to handle
+class Crash(BaseException):
     """Raised by a fault hook to simulate the process dying at this point.
 
     A BaseException so that no `except Exception` in the code under test can swallow it.

@@ -95,3 +95,40 @@ def outsider(make_user):
 @pytest.fixture
 def staff(make_user):
     return make_user("staffer", staff=True)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--seeds",
+        type=int,
+        default=None,
+        help="swarm seeds per swarm test (default: each test's own share of 20 000+ per run)",
+    )
+
+
+@pytest.fixture
+def swarm_seeds(request):
+    """range of seeds for a swarm test: `--seeds N` overrides the test's default share."""
+
+    def seeds(default: int) -> range:
+        n = request.config.getoption("--seeds") or default
+        return range(n)
+
+    return seeds
+
+
+@pytest.fixture
+def make_world_store(tmp_path):
+    """Factory of fresh, isolated stores for fault scenarios: real SQLite, one prefix per world."""
+    from docstore.backends.embedded import EmbeddedStore
+
+    counter = iter(range(10**9))
+    shared = {}
+
+    def make():
+        n = next(counter)
+        if "path" not in shared:
+            shared["path"] = tmp_path / "worlds.sqlite3"
+        return EmbeddedStore(shared["path"], prefix=f"w{n}::", durable=False)
+
+    return make

@@ -84,6 +84,14 @@ class MemoryStore(Store):
             self._docs[self.prefix + key] = (json.dumps(value), self._cas())
             return value
 
+    def clone(self) -> MemoryStore:
+        """An independent copy: lets a swarm build its world once and start every seed from it."""
+        copy = MemoryStore(self.prefix)
+        with self._lock:
+            copy._docs = dict(self._docs)
+            copy._next_cas = self._next_cas
+        return copy
+
     def dump(self) -> dict[str, Any]:
         plen = len(self.prefix)
         with self._lock:

@@ -1,0 +1,349 @@
+"""The fault harness every money flow is tested with (DESIGN.md 6.1 rule 6 and section 9).
+
+A `Scenario` describes one money flow: how to build its world, the flow itself, one recovery
+pass, and the invariants. Three runners drive it through faults:
+
+- `run_crash_points`: every docstore call of the flow x {crash before, crash after, applied but
+  reported as an error}, then recovery crashed at each of its own calls the same way (two levels),
+  then one clean recovery pass: the invariants hold and a further pass writes nothing.
+- `run_lease_matrix`: the owner paused before its call k, past its lease, while a rival advances
+  j calls (then dies), for every k, rival and j; then the owner resumes.
+- `run_swarm`: seeded random interleavings of several actors with random faults and clock jumps;
+  a failure names its seed, and `replay_seed` reruns exactly that interleaving.
+
+Interleavings use greenlets: an actor yields at every docstore call, so the schedule (and so the
+outcome) is a pure function of the seed, with no threads and no sleeping.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import greenlet
+
+from accounts.locks import lease_seconds
+from docstore import Ambiguous, FixedClock, Store
+from docstore.faults import MUTATING, Crash, Hook, HookedStore
+
+MODES = ("before", "after", "error")
+T0 = 1_700_000_000
+
+
+class InjectedError(Ambiguous):
+    """An injected 'applied, but reported as an error' answer."""
+
+
+@dataclass
+class World:
+    store: Store
+    clock: FixedClock
+    ctx: Any = None
+    outcomes: list = field(default_factory=list)
+    owner: tuple | None = None  # the outcome of the flow under test (not of rivals or recovery)
+
+
+@dataclass
+class Scenario:
+    name: str
+    setup: Callable[[Store, FixedClock], Any]
+    flow: Callable[[Store, FixedClock, Any], Any]
+    recover: Callable[[Store, FixedClock], Any]
+    check: Callable[[World], None]
+    # Exceptions a flow may end with that are answers, not bugs (busy, insufficient funds...).
+    expected: tuple[type[BaseException], ...] = ()
+
+
+class CountingHook(Hook):
+    def __init__(self):
+        self.calls = 0
+        self.writes: list[tuple[str, str]] = []
+
+    def before(self, op: str, key: str) -> None:
+        self.calls += 1
+
+    def after(self, op: str, key: str) -> None:
+        if op in MUTATING:
+            self.writes.append((op, key))
+
+
+class FaultAt(Hook):
+    """Injects one fault at the docstore call numbered `at` (0-based)."""
+
+    def __init__(self, at: int | None, mode: str = "before"):
+        self.at, self.mode, self.calls = at, mode, 0
+        self.fired = False
+
+    def before(self, op: str, key: str) -> None:
+        self._current = self.calls
+        self.calls += 1
+        if self._current == self.at and self.mode == "before":
+            self.fired = True
+            raise Crash(f"crash before {op} {key}")
+
+    def after(self, op: str, key: str) -> None:
+        if self._current == self.at and self.mode == "after":
+            self.fired = True
+            raise Crash(f"crash after {op} {key}")
+        if self._current == self.at and self.mode == "error":
+            self.fired = True
+            raise InjectedError(f"{op} {key} applied but reported as failed")
+
+
+def new_world(scenario: Scenario, make_store: Callable[[], Store]) -> World:
+    store, clock = make_store(), FixedClock(T0)
+    return World(store, clock, scenario.setup(store, clock))
+
+
+def run_guarded(scenario: Scenario, fn: Callable[[], Any]) -> Any:
+    """Run one actor's step, turning an injected death or an expected answer into an outcome."""
+    try:
+        return ("ok", fn())
+    except Crash as exc:
+        return ("crash", str(exc))
+    except InjectedError as exc:
+        return ("error", str(exc))
+    except scenario.expected as exc:
+        return ("expected", exc)
+
+
+def count_calls(scenario: Scenario, fn: Callable[[Store], Any], store: Store) -> int:
+    hook = CountingHook()
+    run_guarded(scenario, lambda: fn(HookedStore(store, hook)))
+    return hook.calls
+
+
+def pass_lease(clock: FixedClock) -> None:
+    clock.advance(lease_seconds() + 1)
+
+
+def finish_and_check(scenario: Scenario, world: World, label: str) -> None:
+    """One clean recovery pass, the invariants, then a pass that must write nothing."""
+    pass_lease(world.clock)
+    scenario.recover(world.store, world.clock)
+    try:
+        scenario.check(world)
+    except AssertionError as exc:
+        raise AssertionError(f"{scenario.name} [{label}]: {exc}") from None
+    hook = CountingHook()
+    pass_lease(world.clock)
+    scenario.recover(HookedStore(world.store, hook), world.clock)
+    assert not hook.writes, f"{scenario.name} [{label}]: second recovery wrote {hook.writes}"
+
+
+def run_crash_points(scenario: Scenario, make_store: Callable[[], Store], levels: int = 2) -> int:
+    """Crash the flow at every call (and recovery at every call of its own). Returns runs made."""
+    probe = new_world(scenario, make_store)
+    flow_calls = count_calls(
+        scenario, lambda s: scenario.flow(s, probe.clock, probe.ctx), probe.store
+    )
+    assert flow_calls > 0, f"{scenario.name}: the flow made no docstore call"
+    runs = 0
+
+    def crashed_world(i: int, mode: str) -> World:
+        world = new_world(scenario, make_store)
+        hooked = HookedStore(world.store, FaultAt(i, mode))
+        world.owner = run_guarded(scenario, lambda: scenario.flow(hooked, world.clock, world.ctx))
+        world.outcomes.append(world.owner)
+        pass_lease(world.clock)
+        return world
+
+    for i in range(flow_calls):
+        for mode in MODES:
+            world = crashed_world(i, mode)
+            finish_and_check(scenario, world, f"flow call {i} {mode}")
+            runs += 1
+            if levels < 2:
+                continue
+            probe = crashed_world(i, mode)
+            recovery_calls = count_calls(
+                scenario, lambda s, w=probe: scenario.recover(s, w.clock), probe.store
+            )
+            for j in range(recovery_calls):
+                for rmode in MODES:
+                    world = crashed_world(i, mode)
+                    hooked = HookedStore(world.store, FaultAt(j, rmode))
+                    run_guarded(scenario, lambda w=world, h=hooked: scenario.recover(h, w.clock))
+                    finish_and_check(
+                        scenario, world, f"flow call {i} {mode}, recovery call {j} {rmode}"
+                    )
+                    runs += 1
+    return runs
+
+
+class PauseAt(Hook):
+    """Pauses the owner greenlet before its call number `at` (switching back to the test)."""
+
+    def __init__(self, at: int, main: greenlet.greenlet):
+        self.at, self.main, self.calls = at, main, 0
+        self.paused = False
+
+    def before(self, op: str, key: str) -> None:
+        if self.calls == self.at:
+            self.paused = True
+            self.main.switch()
+        self.calls += 1
+
+
+def run_lease_matrix(
+    scenario: Scenario,
+    make_store: Callable[[], Store],
+    rivals: dict[str, Callable[[Store, FixedClock, Any], Any]],
+) -> int:
+    """Owner paused past its lease before call k while a rival makes j calls, for every k, j."""
+    probe = new_world(scenario, make_store)
+    owner_calls = count_calls(
+        scenario, lambda s: scenario.flow(s, probe.clock, probe.ctx), probe.store
+    )
+    runs = 0
+
+    def paused_world(k: int) -> tuple[World, greenlet.greenlet, PauseAt]:
+        world = new_world(scenario, make_store)
+        main = greenlet.getcurrent()
+        pause = PauseAt(k, main)
+        hooked = HookedStore(world.store, pause)
+
+        def owner():
+            world.owner = run_guarded(
+                scenario, lambda: scenario.flow(hooked, world.clock, world.ctx)
+            )
+            world.outcomes.append(world.owner)
+
+        g = greenlet.greenlet(owner)
+        g.switch()  # runs until the pause (or to the end if the flow is shorter)
+        pass_lease(world.clock)
+        return world, g, pause
+
+    for k in range(owner_calls):
+        for name, rival in rivals.items():
+            world, g, _ = paused_world(k)
+            rival_calls = count_calls(
+                scenario, lambda s, w=world: rival(s, w.clock, w.ctx), world.store
+            )
+            g.switch()
+            for j in range(rival_calls + 1):
+                world, g, pause = paused_world(k)
+                assert pause.paused, f"{scenario.name}: owner never reached call {k}"
+                hooked = HookedStore(world.store, FaultAt(j if j < rival_calls else None))
+                world.outcomes.append(
+                    run_guarded(scenario, lambda w=world, h=hooked: rival(h, w.clock, w.ctx))
+                )
+                if not g.dead:
+                    g.switch()  # the owner wakes up late and carries on
+                assert g.dead
+                finish_and_check(scenario, world, f"owner paused at {k}, {name} made {j} calls")
+                runs += 1
+    return runs
+
+
+# --- seeded swarm ---------------------------------------------------------------------------
+
+
+class _SwarmHook(Hook):
+    def __init__(self, swarm: Swarm, actor: int):
+        self.swarm, self.actor = swarm, actor
+        self.pending_after: str | None = None
+
+    def before(self, op: str, key: str) -> None:
+        fault = self.swarm.yield_point(self.actor)
+        if fault == "before":
+            raise Crash(f"swarm crash before {op} {key}")
+        self.pending_after = fault
+
+    def after(self, op: str, key: str) -> None:
+        fault, self.pending_after = self.pending_after, None
+        if fault == "after":
+            raise Crash(f"swarm crash after {op} {key}")
+        if fault == "error":
+            raise InjectedError(f"swarm: {op} {key} applied but reported as failed")
+
+
+class Swarm:
+    """One seeded run: actors interleaved at docstore calls, with random faults and clock jumps."""
+
+    def __init__(self, seed: int, world: World, fault_rate: float = 0.03):
+        self.rng = random.Random(seed)
+        self.world = world
+        self.fault_rate = fault_rate
+        self.scheduler = greenlet.getcurrent()
+
+    def yield_point(self, actor: int) -> str | None:
+        return self.scheduler.switch(("yield", actor))
+
+    def run(self, scenario: Scenario, actors: list[Callable[[Store, FixedClock, Any], Any]]):
+        world, rng = self.world, self.rng
+        greenlets = []
+        for index, actor in enumerate(actors):
+            hooked = HookedStore(world.store, _SwarmHook(self, index))
+
+            def body(actor=actor, hooked=hooked):
+                outcome = run_guarded(scenario, lambda: actor(hooked, world.clock, world.ctx))
+                world.outcomes.append(outcome)
+                return ("done", None)
+
+            greenlets.append(greenlet.greenlet(body))
+        live = list(range(len(actors)))
+        started: set[int] = set()
+        while live:
+            index = rng.choice(live)
+            g = greenlets[index]
+            roll = rng.random()
+            jump = rng.random()
+            if jump < 0.05:
+                pass_lease(world.clock)
+            elif jump < 0.3:
+                world.clock.advance(rng.randint(1, 5))
+            if index not in started:
+                started.add(index)
+                g.switch()
+            else:
+                fault = None
+                if roll < self.fault_rate:
+                    fault = rng.choice(MODES)
+                g.switch(fault)
+            if g.dead:
+                live.remove(index)
+
+
+def run_swarm(
+    scenario: Scenario,
+    make_store: Callable[[], Store],
+    make_actors: Callable[[World, random.Random], list],
+    seeds: range,
+    fault_rate: float = 0.03,
+) -> int:
+    for seed in seeds:
+        replay_seed(scenario, make_store, make_actors, seed, fault_rate)
+    return len(seeds)
+
+
+_templates: dict[int, tuple[World, int]] = {}
+
+
+def _world_from_template(scenario: Scenario, make_store: Callable[[], Store]) -> World:
+    """A fresh world for a swarm seed: cloned from one built once, when the store can clone."""
+    template = _templates.get(id(scenario))
+    if template is None or template[0].store.__class__ is not make_store:
+        world = new_world(scenario, make_store)
+        if not hasattr(world.store, "clone"):
+            return world
+        template = (world, world.clock.now())
+        _templates[id(scenario)] = template
+    world, t = template
+    return World(world.store.clone(), FixedClock(t), copy.deepcopy(world.ctx))
+
+
+def replay_seed(scenario, make_store, make_actors, seed: int, fault_rate: float = 0.03) -> World:
+    world = _world_from_template(scenario, make_store)
+    swarm = Swarm(seed, world, fault_rate)
+    try:
+        swarm.run(scenario, make_actors(world, random.Random(seed ^ 0x5EED)))
+        finish_and_check(scenario, world, f"swarm seed {seed}")
+    except Exception as exc:
+        raise AssertionError(
+            f"swarm seed {seed} failed (replay with replay_seed): {type(exc).__name__}: {exc}"
+        ) from exc
+    return world
