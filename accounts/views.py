@@ -1,21 +1,62 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from django.conf import settings
-from django.http import JsonResponse
-from django.shortcuts import render
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import LoginView
+from django.core.paginator import EmptyPage, Page, PageNotAnInteger, Paginator
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters
 
-from docstore import get_clock, get_store
+from docstore import Store, get_clock, get_store
 
+from . import ratelimit
+from .auth_backends import BACKEND_PATH
+from .forms import LoginForm, RegistrationForm
+from .gateway import LEDGER_PAGE_SIZE, ensure_account, ledger_page_key
 from .heartbeat import read_beats
 
 WORKER_NAMES = ["run_workers"]
+LEDGER_PER_PAGE = 50
+
+KIND_LABELS = {
+    "buy": "Bought ad slot",
+    "deposit": "Deposit",
+    "credit": "Sale credited",
+    "withdraw-hold": "Withdrawal",
+    "withdraw-refund": "Withdrawal refunded",
+    "adjust": "Adjustment by staff",
+}
+
+# What an account lock means to its owner, while it is held.
+LOCK_LABELS = {
+    "buy": "a purchase of an ad slot",
+    "deposit": "a deposit being credited",
+    "credit": "a sale being credited",
+    "withdraw-hold": "a withdrawal request",
+    "withdraw-refund": "a withdrawal refund",
+    "adjust": "an adjustment by staff",
+}
 
 
-def home(request):
-    return render(request, "home.html")
+def home(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "home.html",
+        {
+            "sale_fee_permille": settings.SALE_FEE_PERMILLE,
+            "withdraw_fee_permille": settings.WITHDRAW_FEE_PERMILLE,
+            "min_price_sats": settings.MIN_CAMPAIGN_PRICE_SATS,
+        },
+    )
 
 
-def healthz(request):
+def healthz(request: HttpRequest) -> JsonResponse:
     now = get_clock().now()
     beats = read_beats(get_store(), WORKER_NAMES)
     stale = [
@@ -30,3 +71,136 @@ def healthz(request):
         "stale": stale,
     }
     return JsonResponse(body, status=503 if stale else 200)
+
+
+@sensitive_post_parameters("password1", "password2")
+@never_cache
+def register(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("account")
+    if request.method != "POST":
+        return render(request, "accounts/register.html", {"form": RegistrationForm()})
+    if not ratelimit.register_allowed(request):
+        form = RegistrationForm(initial={"username": request.POST.get("username", "")[:32]})
+        context = {"form": form, "limited": ratelimit.TOO_MANY_ATTEMPTS}
+        return render(request, "accounts/register.html", context, status=429)
+    form = RegistrationForm(request.POST)
+    if form.is_valid() and (user := form.save()) is not None:
+        # A crash between the user row and this leaves a user without account::<u>; their
+        # next login creates it (LoginView.form_valid below).
+        ensure_account(get_store(), get_clock(), user.username)
+        login(request, user, backend=BACKEND_PATH)
+        messages.success(request, f"Welcome, {user.username}. Your account is ready.")
+        return redirect("account")
+    return render(request, "accounts/register.html", {"form": form})
+
+
+class RateLimitedLoginView(LoginView):
+    """Django's LoginView (CSRF, never-cache, sensitive POST, safe `next`) plus rate limits."""
+
+    template_name = "accounts/login.html"
+    form_class = LoginForm
+    redirect_authenticated_user = True
+
+    def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        username = request.POST.get("username", "")
+        if not ratelimit.login_allowed(request, username):
+            # Refused before the password is checked: an attacker over the limit learns nothing.
+            form = self.form_class(request, initial={"username": username[:32]})
+            context = self.get_context_data(form=form, limited=ratelimit.TOO_MANY_ATTEMPTS)
+            return self.render_to_response(context, status=429)
+        return super().post(request, *args, **kwargs)
+
+    def form_valid(self, form: LoginForm) -> HttpResponse:
+        # Before login(): a user left without an account doc by a crash at registration gets
+        # one, and a docstore failure here leaves them logged out rather than half in.
+        ensure_account(get_store(), get_clock(), form.get_user().username)
+        return super().form_valid(form)
+
+
+class NewestFirstLedger:
+    """An account's ledger, newest entry first, as a sequence the Paginator can slice.
+
+    Only the ledger pages a slice touches are read (at most two for 50 rows), so the account
+    page costs the same for an account with ten entries or a million.
+    """
+
+    def __init__(self, store: Store, username: str, account: dict):
+        self.store, self.username = store, username
+        self.pages = account.get("ledgerPages", 0)
+        self.recent = account.get("ledger", [])
+        self.total = self.pages * LEDGER_PAGE_SIZE + len(self.recent)
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, item: slice) -> list[dict]:
+        start, stop, _ = item.indices(self.total)
+        if start >= stop:
+            return []
+        # Newest-first [start, stop) is oldest-first [total - stop, total - start).
+        lo, hi = self.total - stop, self.total - start
+        paged_end = self.pages * LEDGER_PAGE_SIZE
+        found = {}
+        if lo < paged_end:
+            first, last = lo // LEDGER_PAGE_SIZE, (min(hi, paged_end) - 1) // LEDGER_PAGE_SIZE
+            keys = [ledger_page_key(self.username, p) for p in range(first, last + 1)]
+            found = self.store.get_multi(keys)
+        rows = []
+        for i in range(lo, hi):
+            if i >= paged_end:
+                rows.append(self.recent[i - paged_end])
+                continue
+            doc = found.get(ledger_page_key(self.username, i // LEDGER_PAGE_SIZE))
+            entries = doc.value["entries"] if doc is not None else []
+            if i % LEDGER_PAGE_SIZE < len(entries):
+                rows.append(entries[i % LEDGER_PAGE_SIZE])
+        rows.reverse()
+        return rows
+
+
+def _ledger_row(entry: dict) -> dict:
+    return {
+        "at": datetime.fromtimestamp(entry["at"], tz=UTC),
+        "kind": KIND_LABELS.get(entry["kind"], entry["kind"]),
+        "ref": entry["ref"],
+        "delta": entry["delta"],
+        "balance_after": entry["balanceAfter"],
+        "reason": entry.get("reason", ""),
+    }
+
+
+def _page_or_404(paginator: Paginator, number: str | None) -> Page:
+    try:
+        return paginator.page(number or 1)
+    except PageNotAnInteger:
+        return paginator.page(1)
+    except EmptyPage:
+        raise Http404("No such page of the ledger.")
+
+
+@login_required
+def account(request: HttpRequest) -> HttpResponse:
+    store = get_store()
+    username = request.user.username
+    # ensure_account rather than get_account: users made outside registration (createsuperuser,
+    # a crash before the account doc) get their document on first sight instead of an error.
+    doc = ensure_account(store, get_clock(), username)
+    acct = doc.value
+    paginator = Paginator(NewestFirstLedger(store, username, acct), LEDGER_PER_PAGE)
+    page = _page_or_404(paginator, request.GET.get("page"))
+    lock = acct.get("lock")
+    lock_info = None
+    if lock:
+        lock_info = {
+            "what": LOCK_LABELS.get(lock["kind"], "an operation"),
+            "since": datetime.fromtimestamp(lock["since"], tz=UTC),
+        }
+    context = {
+        "balance": acct["balance"],
+        "lock": lock_info,
+        "page": page,
+        "rows": [_ledger_row(e) for e in page.object_list],
+        "active_tab": "balance",
+    }
+    return render(request, "accounts/account.html", context)

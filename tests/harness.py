@@ -221,7 +221,7 @@ def run_lease_matrix(
         for name, rival in rivals.items():
             world, g, _ = paused_world(k)
             rival_calls = count_calls(
-                scenario, lambda s, w=world: rival(s, w.clock, w.ctx), world.store
+                scenario, lambda s, w=world, r=rival: r(s, w.clock, w.ctx), world.store
             )
             g.switch()
             for j in range(rival_calls + 1):
@@ -229,7 +229,9 @@ def run_lease_matrix(
                 assert pause.paused, f"{scenario.name}: owner never reached call {k}"
                 hooked = HookedStore(world.store, FaultAt(j if j < rival_calls else None))
                 world.outcomes.append(
-                    run_guarded(scenario, lambda w=world, h=hooked: rival(h, w.clock, w.ctx))
+                    run_guarded(
+                        scenario, lambda w=world, h=hooked, r=rival: r(h, w.clock, w.ctx)
+                    )
                 )
                 if not g.dead:
                     g.switch()  # the owner wakes up late and carries on

@@ -68,7 +68,7 @@ def test_adjust_survives_the_lease_matrix(make_world_store):
 def test_harness_catches_an_unlock_that_ignores_the_token(make_world_store, monkeypatch):
     monkeypatch.setattr(locks, "_holds", lambda lock, token: bool(lock))
     rivals = {"another request": lambda s, c, ctx: adjust_balance(s, c, USER, 50, "bonus", "r2")}
-    with pytest.raises(AssertionError, match="twice|applied as"):
+    with pytest.raises(AssertionError, match=r"twice|applied as"):
         run_lease_matrix(SCENARIO, make_world_store, rivals)
 
 
