@@ -7,7 +7,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models.functions import Lower
 
-USERNAME_RE = r"^[A-Za-z0-9]{1,32}$"
+USERNAME_RE = r"\A[A-Za-z0-9]{1,32}\Z"
 
 username_validator = RegexValidator(
     USERNAME_RE, "Usernames are 1 to 32 letters (A-Z, a-z) and digits, nothing else."

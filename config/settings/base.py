@@ -73,7 +73,9 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}")}
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}")
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHES = {
@@ -154,3 +156,16 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
 AUTH_USER_MODEL = "accounts.User"
+
+# --- bitcoin (DESIGN.md 6.3-6.5) ---
+BITCOIN_NETWORK = env.str("BITCOIN_NETWORK", default="regtest")
+CHAIN_BACKEND = env.str("CHAIN_BACKEND", default="none")
+BITCOIND_URL = env.str("BITCOIND_URL", default="")
+BITCOIND_WALLET = env.str("BITCOIND_WALLET", default="adspace-deposits")
+BITCOIND_PAYOUT_WALLET = env.str("BITCOIND_PAYOUT_WALLET", default="adspace-payouts")
+BITCOIND_TIMEOUT = env.int("BITCOIND_TIMEOUT", default=30)
+DEPOSIT_CONFIRMATIONS = env.int("DEPOSIT_CONFIRMATIONS", default=1)
+# Key pool shape: production 1000 sets x 100 keys a page, huge-list pages of 100 ranges.
+KEYPOOL_SETS = env.int("KEYPOOL_SETS", default=1000)
+KEYPOOL_PAGE_SIZE = env.int("KEYPOOL_PAGE_SIZE", default=100)
+KEYPOOL_RANGES_PER_LIST_PAGE = env.int("KEYPOOL_RANGES_PER_LIST_PAGE", default=100)

@@ -1,0 +1,32 @@
+"""Make sure the docstore answers and its root documents exist. Safe to run any number of times."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+
+from accounts.workers import InitError, check_reachable, init_documents
+from docstore import get_clock, get_store
+
+
+class Command(BaseCommand):
+    help = "Check that the docstore is reachable and create the root documents that must exist."
+
+    def handle(self, *args, **options) -> None:
+        verbosity = options["verbosity"]
+        store = get_store()
+        try:
+            check_reachable(store)
+        except Exception as exc:
+            # Any backend error (a refused connection is not a DocstoreError) means the same thing.
+            raise CommandError(f"The docstore is not reachable: {exc}") from exc
+        if verbosity >= 2:
+            self.stdout.write("docstore reachable")
+        try:
+            created = init_documents(store, get_clock())
+        except InitError as exc:
+            raise CommandError(str(exc)) from exc
+        if verbosity >= 1:
+            for key in created:
+                self.stdout.write(f"created {key}")
+            summary = f"{len(created)} created" if created else "nothing to create"
+            self.stdout.write(self.style.SUCCESS(f"Docstore ready: {summary}."))
