@@ -4,7 +4,7 @@ Apps extend both through registries, from their `AppConfig.ready`, so `accounts`
 them: `register_task(name, fn)` adds a task every worker pass runs (`fn(store, clock)` returns a
 dict of counters for the heartbeat), and `register_init(fn)` adds root documents that must exist
 (`fn(store, clock)` creates what is missing and returns the keys it created). The foundation's own
-entries (recovery, the schema doc) are registered at the bottom of this module.
+entries (recovery, the schema doc) are registered in `AccountsConfig.ready`.
 
 A pass runs every task in turn; a task that raises is logged with its traceback and the next task
 still runs, so one broken walker cannot starve the others (recovery above all). Every pass ends in
@@ -23,7 +23,7 @@ from typing import Any
 
 from docstore import AlreadyExists, Clock, NotFound, Store, get_clock, get_store
 
-from . import heartbeat, recovery
+from . import heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,3 @@ def serve(
         stop.sleep(interval)
         if stop.requested:
             return passes
-
-
-register_task("recovery", recovery.run_recovery)
-register_init(init_schema)
