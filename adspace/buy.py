@@ -20,7 +20,7 @@ from django.conf import settings
 from accounts import locks
 from accounts.gateway import get_account
 from accounts.money import fee_up
-from docstore import AlreadyExists, Clock, NotFound, Store
+from docstore import AlreadyExists, Ambiguous, Clock, NotFound, Store
 
 from . import gateway, pricing
 
@@ -125,11 +125,16 @@ def _slot_doc(buyer: str, lock: dict) -> dict:
 def _insert_slot(store: Store, buyer: str, lock: dict) -> bool:
     """The commit point. True if the slot is ours (now or from an earlier attempt)."""
     key = gateway.slot_key(lock["owner"], lock["n"], lock["slot"])
-    try:
-        store.insert(key, _slot_doc(buyer, lock))
-        return True
-    except AlreadyExists:
-        return store.get(key).value["token"] == lock["token"]
+    while True:
+        try:
+            store.insert(key, _slot_doc(buyer, lock))
+            return True
+        except (AlreadyExists, Ambiguous):
+            # An ambiguous insert is re-read, never repeated blindly: the slot tells who won.
+            try:
+                return store.get(key).value["token"] == lock["token"]
+            except NotFound:
+                continue
 
 
 def _tx_doc(owner: str, slot: dict) -> dict:

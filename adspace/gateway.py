@@ -18,6 +18,7 @@ from docstore import AlreadyExists, CasMismatch, Clock, Doc, NotFound, Store
 
 CAMPAIGNDIR = "campaigndir"
 SELLERDIR = "sellerdir"
+NICKNAME_CLAIM_SECONDS = 300
 CATEGORIES = ("Porn", "Gambling", "Medicine", "Alcohol", "Tobacco", "Weapons")
 
 
@@ -211,16 +212,21 @@ def create_filler(
     """
     i = store.counter(fillercount_key(username), 1, initial=0)
     claim = fillernick_key(username, nickname)
+    now = clock.now()
     try:
-        store.insert(claim, {"index": i})
+        store.insert(claim, {"index": i, "at": now})
     except AlreadyExists:
         doc = store.get(claim)
+        # A claim without its ad is either an upload still in flight (leave it alone) or one a
+        # crash abandoned: only an old one may be taken over.
+        if now - doc.value.get("at", 0) < NICKNAME_CLAIM_SECONDS:
+            raise NicknameTaken(nickname) from None
         try:
             store.get(filler_key(username, doc.value["index"]))
             raise NicknameTaken(nickname) from None
         except NotFound:
             try:
-                store.replace(claim, {"index": i}, doc.cas)
+                store.replace(claim, {"index": i, "at": now}, doc.cas)
             except CasMismatch:
                 raise NicknameTaken(nickname) from None
     store.insert(

@@ -1,1 +1,18 @@
-urlpatterns: list = []
+from __future__ import annotations
+
+from django.urls import path, re_path
+
+from . import views
+
+urlpatterns = [
+    path("ads/sell-ad-space/", views.sell, name="sell"),
+    path("ads/buy-ad-space/", views.sellers, name="sellers"),
+    # Names and indexes are matched loosely and checked in the view, so a malformed one gets
+    # the same explanatory 404 page as a missing one.
+    path("ads/buy-ad-space/<str:user>/", views.seller, name="seller"),
+    path("ads/buy-ad-space/<str:user>/<str:n>", views.campaign, name="campaign"),
+    path("ads/buy-ad-space/<str:user>/<str:n>/buy", views.buy_slot, name="buy"),
+    path("account/ads/", views.my_ads, name="my_ads"),
+    path("account/ads/new/", views.new_ad, name="new_ad"),
+    re_path(r"^img/(?P<sha256>[0-9a-f]{64})\.(?P<ext>png|jpg|gif)$", views.image, name="image"),
+]

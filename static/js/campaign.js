@@ -113,7 +113,10 @@
     addLocalTimes();
   }
 
-  if (document.readyState === "loading") {
+  if (typeof module === "object" && module.exports) {
+    // Loaded by the test suite under Node, to check the price against the server's formula.
+    module.exports = { currentPrice: currentPrice, formatBtc: formatBtc };
+  } else if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", init);
   } else {
     init();

@@ -1,0 +1,421 @@
+"""Pages for selling and buying ad space, and the ad images they show.
+
+Views only parse input and call the gateway or the buy protocol; every refusal is a page or a
+message the person can act on, never a 500.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
+from django.core.paginator import EmptyPage, Page, Paginator
+from django.http import HttpRequest, HttpResponse, HttpResponseNotModified
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
+from django.views.decorators.http import require_POST, require_safe
+
+from accounts import locks
+from accounts.money import MAX_SATS, format_btc
+from docstore import Ambiguous, NotFound, TemporaryFailure, get_clock, get_store
+
+from . import buy, gateway, images, pricing, services
+from .forms import AdForm, CampaignForm
+
+log = logging.getLogger(__name__)
+
+SELLERS_PER_PAGE = 20
+ADS_PER_PAGE = 10
+BUY_FORM_MAX_ADS = 200
+MAX_INDEX = 10**9  # of a campaign or an ad
+
+_USERNAME = re.compile(r"[A-Za-z0-9]{1,32}")
+# Canonical ASCII decimal only: "07", "+7" and " 7" are not campaign 7.
+_INDEX = re.compile(r"0|[1-9][0-9]{0,9}")
+_SATS = re.compile(r"[1-9][0-9]{0,15}")
+
+OUTCOME_UNKNOWN = (
+    "We could not confirm the purchase; it will complete or be undone automatically within a "
+    "minute; you will never be charged twice."
+)
+UPLOAD_TOO_LARGE = (
+    f"The upload is too large: an ad image can be at most "
+    f"{images.MAX_IMAGE_BYTES // (1024 * 1024)} MB."
+)
+
+
+class PageError(Exception):
+    """A refusal shown as its own page with a status: bad input, a missing object."""
+
+    def __init__(self, status: int, message: str, back: tuple[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.back = status, message, back
+
+
+def _back(name: str, label: str, *args) -> tuple[str, str]:
+    return reverse(name, args=args), label
+
+
+def _error_page(request: HttpRequest, exc: PageError) -> HttpResponse:
+    context = {"status": exc.status, "message": exc.message, "back": exc.back}
+    return render(request, "adspace/error.html", context, status=exc.status)
+
+
+def _shows_errors(view):
+    """Turn a PageError raised anywhere in the view into its page."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except PageError as exc:
+            return _error_page(request, exc)
+
+    return wrapper
+
+
+# --- access checks: one helper per kind of object ---------------------------------------------
+
+
+def _seller_or_404(user: str) -> list[dict]:
+    """The user's campaigns; 404 for a malformed name or someone selling nothing."""
+    if not _USERNAME.fullmatch(user):
+        raise PageError(404, "There is no such user.")
+    campaigns = gateway.owner_campaigns(get_store(), user)
+    if not campaigns:
+        raise PageError(404, f"User {user} has no ad campaigns.", _back("sellers", "All sellers"))
+    return campaigns
+
+
+def _campaign_ref_or_404(user: str, n: str) -> int:
+    """The campaign index from the URL, if the owner and index could name a campaign at all."""
+    if not _USERNAME.fullmatch(user) or not _INDEX.fullmatch(n) or int(n) > MAX_INDEX:
+        raise PageError(404, buy.CampaignMissing.message, _back("sellers", "All sellers"))
+    return int(n)
+
+
+def _campaign_or_404(user: str, n: str) -> tuple[int, dict]:
+    index = _campaign_ref_or_404(user, n)
+    try:
+        return index, gateway.get_campaign(get_store(), user, index).value
+    except NotFound:
+        raise PageError(404, buy.CampaignMissing.message, _back("sellers", "All sellers"))
+
+
+def _filler_index_or_400(text: str | None) -> int:
+    """A filler index as sent by the form. Whose it is, buy_next_slot checks on its own read."""
+    if text is None or not _INDEX.fullmatch(text) or int(text) > MAX_INDEX:
+        raise PageError(400, buy.FillerInvalid.message)
+    return int(text)
+
+
+def _accepted_price_or_400(text: str | None) -> int:
+    if text is None or not _SATS.fullmatch(text) or int(text) > MAX_SATS:
+        raise PageError(
+            400,
+            "The price you accepted was missing or not a whole positive number of satoshis. "
+            "Reload the campaign page and try again.",
+        )
+    return int(text)
+
+
+def _page_or_404(paginator: Paginator, number: str | None, what: str) -> Page:
+    if number is None:
+        number = "1"
+    if not _INDEX.fullmatch(number) or number == "0":
+        raise PageError(404, f"There is no page {number[:20]} of {what}.")
+    try:
+        return paginator.page(int(number))
+    except EmptyPage:
+        raise PageError(404, f"The requested page does not exist: {what} have no page {number}.")
+
+
+# --- selling ------------------------------------------------------------------------------------
+
+
+@login_required
+def sell(request: HttpRequest) -> HttpResponse:
+    store, clock = get_store(), get_clock()
+    owner = request.user.username
+    if request.method == "POST":
+        form = CampaignForm(request.POST)
+        if form.is_valid():
+            data = form.cleaned_data
+            n = gateway.create_campaign(
+                store, clock, owner, data["min_price"], data["slot_hours"],
+                data["width"], data["height"], data["disallowed"],
+            )  # fmt: skip
+            messages.success(request, f"Campaign #{n} created.")
+            return redirect("sell")
+        status = 400
+    else:
+        form, status = CampaignForm(), 200
+    now = clock.now()
+    rows = [services.campaign_row(c, now) for c in gateway.owner_campaigns(store, owner)]
+    context = {
+        "form": form,
+        "campaigns": rows,
+        "sale_fee_permille": settings.SALE_FEE_PERMILLE,
+    }
+    return render(request, "adspace/sell.html", context, status=status)
+
+
+# --- my ads -------------------------------------------------------------------------------------
+
+
+@login_required
+@_shows_errors
+def my_ads(request: HttpRequest) -> HttpResponse:
+    store = get_store()
+    fillers = services.NewestFirstFillers(store, request.user.username)
+    page = _page_or_404(Paginator(fillers, ADS_PER_PAGE), request.GET.get("page"), "your ads")
+    ads = list(page.object_list)
+    urls = services.image_urls(store, [f["image"] for f in ads])
+    context = {
+        "page": page,
+        "ads": [{**f, "image_url": urls.get(f["image"])} for f in ads],
+        "total": len(fillers),
+        "active_tab": "my_ads",
+    }
+    return render(request, "adspace/my_ads.html", context)
+
+
+@login_required
+@_shows_errors
+def new_ad(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        return render(request, "adspace/new_ad.html", {"form": AdForm(), "active_tab": "new_ad"})
+    # Refused from the declared length, before the body is read or parsed.
+    if _content_length(request) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+        raise PageError(413, UPLOAD_TOO_LARGE, _back("new_ad", "Try another file"))
+    try:
+        form = AdForm(request.POST, request.FILES)
+        valid = form.is_valid()
+    except RequestDataTooBig:
+        raise PageError(413, UPLOAD_TOO_LARGE, _back("new_ad", "Try another file"))
+    except TooManyFieldsSent:
+        raise PageError(400, "The form sent too many fields.", _back("new_ad", "Try another file"))
+    store, username = get_store(), request.user.username
+    if valid and services.nickname_in_use(store, username, form.cleaned_data["nickname"]):
+        form.add_error("nickname", _nickname_taken(form.cleaned_data["nickname"]))
+        valid = False
+    if not valid:
+        return render(
+            request, "adspace/new_ad.html", {"form": form, "active_tab": "new_ad"}, status=400
+        )
+    data = form.cleaned_data
+    image: images.ValidatedImage = data["validated"]
+    gateway.store_image(
+        store, image.sha256, image.content_type, image.ext, image.data, image.width, image.height
+    )
+    try:
+        gateway.create_filler(
+            store, get_clock(), username, data["nickname"], data["hover_text"], data["url"],
+            data["width"], data["height"], image.sha256,
+        )  # fmt: skip
+    except gateway.NicknameTaken:
+        # Lost a race with another upload of the same name; the image stays (it is shared
+        # by content and harmless).
+        form.add_error("nickname", _nickname_taken(data["nickname"]))
+        return render(
+            request, "adspace/new_ad.html", {"form": form, "active_tab": "new_ad"}, status=400
+        )
+    messages.success(request, f"Your ad “{data['nickname']}” is ready to use.")
+    return redirect("my_ads")
+
+
+def _nickname_taken(nickname: str) -> str:
+    return f"You already have an ad called “{nickname}”; choose another nickname."
+
+
+def _content_length(request: HttpRequest) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
+@require_safe
+def image(request: HttpRequest, sha256: str, ext: str) -> HttpResponse:
+    etag = f'"{sha256}"'
+    # Content-addressed and immutable: a browser holding this name holds these bytes.
+    if request.headers.get("If-None-Match") == etag:
+        response = HttpResponseNotModified()
+    else:
+        try:
+            meta, data = gateway.get_image(get_store(), sha256)
+        except NotFound:
+            return HttpResponse("No such image.", status=404, content_type="text/plain")
+        if meta.get("ext") != ext:
+            return HttpResponse("No such image.", status=404, content_type="text/plain")
+        response = HttpResponse(data, content_type=meta["contentType"])
+    response["ETag"] = etag
+    response["Cache-Control"] = "public, max-age=31536000, immutable"
+    response["X-Content-Type-Options"] = "nosniff"
+    # Opened directly, the image is a document of its own: let it run nothing.
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    return response
+
+
+# --- browsing -----------------------------------------------------------------------------------
+
+
+class _Sellers:
+    """The sellers directory as a sequence the Paginator can slice (one read per page)."""
+
+    def __init__(self, store):
+        self.store = store
+        self.total = gateway.seller_count(store)
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, item: slice) -> list[str]:
+        start, stop, _ = item.indices(self.total)
+        return gateway.sellers_page(self.store, start, stop - start) if start < stop else []
+
+
+@_shows_errors
+def sellers(request: HttpRequest) -> HttpResponse:
+    store = get_store()
+    paginator = Paginator(_Sellers(store), SELLERS_PER_PAGE, allow_empty_first_page=True)
+    page = _page_or_404(paginator, request.GET.get("page"), "sellers")
+    names = list(page.object_list)
+    rows = [{"name": u, "campaigns": gateway.campaign_count(store, u)} for u in names]
+    return render(request, "adspace/sellers.html", {"page": page, "sellers": rows})
+
+
+@_shows_errors
+def seller(request: HttpRequest, user: str) -> HttpResponse:
+    campaigns = _seller_or_404(user)
+    now = get_clock().now()
+    context = {"owner": user, "campaigns": [services.campaign_row(c, now) for c in campaigns]}
+    return render(request, "adspace/seller.html", context)
+
+
+@_shows_errors
+def campaign(request: HttpRequest, user: str, n: str) -> HttpResponse:
+    index, doc = _campaign_or_404(user, n)
+    store, now = get_store(), get_clock().now()
+    last = doc.get("last")
+    row = services.campaign_row(doc, now)
+    queue = services.unended_slots(store, user, index, last, now)
+    live = queue[0] if queue and queue[0].live else None
+    live_ad = None
+    if live is not None:
+        filler = services.get_filler_by_key(store, live.filler)
+        if filler is not None:
+            url = services.image_urls(store, [filler["image"]]).get(filler["image"])
+            live_ad = {**filler, "image_url": url, "slot": live}
+    next_start, _ = pricing.next_slot_times(doc["slotHours"], last, now)
+    context = {
+        "campaign": row,
+        "live_ad": live_ad,
+        "queue": queue,
+        "next_starts_at": services.utc(next_start) if next_start > now else None,
+        "chart": mark_safe(pricing.chart_svg(row.min_price, last, now)),  # noqa: S308 our markup
+        "js": {
+            "server_now": now,
+            "min_price": row.min_price,
+            "purchased_at": last["purchasedAt"] if last else "",
+            "ends_at": last["endsAt"] if last else "",
+            "last_price": last["price"] if last else "",
+        },
+        **_buy_form_context(request, doc),
+    }
+    return render(request, "adspace/campaign.html", context)
+
+
+def _buy_form_context(request: HttpRequest, doc: dict) -> dict:
+    if not request.user.is_authenticated:
+        return {"ads": None}
+    store, username = get_store(), request.user.username
+    # The newest ads only: a page view must not read thousands of documents.
+    first = max(0, gateway.filler_count(store, username) - BUY_FORM_MAX_ADS)
+    ads = []
+    for filler in gateway.user_fillers(store, username, first, BUY_FORM_MAX_ADS):
+        fits = (filler["width"], filler["height"]) == (doc["width"], doc["height"])
+        ads.append({**filler, "fits": fits})
+    # Ads that fit first, newest first within each group.
+    ads.sort(key=lambda a: (not a["fits"], -a["index"]))
+    return {"ads": ads, "any_fits": any(a["fits"] for a in ads)}
+
+
+# --- buying -------------------------------------------------------------------------------------
+
+
+@require_POST
+@_shows_errors
+def buy_slot(request: HttpRequest, user: str, n: str) -> HttpResponse:
+    # buy_next_slot reads the campaign itself (and says CampaignMissing), so no read here.
+    index = _campaign_ref_or_404(user, n)
+    back = reverse("campaign", args=[user, index])
+    if not request.user.is_authenticated:
+        # Back to the campaign page after logging in: this URL only takes POSTs.
+        return redirect_to_login(back)
+    accepted = _accepted_price_or_400(request.POST.get("accepted_price"))
+    filler = _filler_index_or_400(request.POST.get("filler"))
+    try:
+        sale = buy.buy_next_slot(
+            get_store(), get_clock(), request.user.username, user, index, filler, accepted
+        )
+    except buy.CampaignMissing:
+        raise PageError(404, buy.CampaignMissing.message, _back("sellers", "All sellers"))
+    except buy.FillerInvalid as exc:
+        raise PageError(400, str(exc), (back, "Back to the campaign"))
+    except buy.PriceChanged as exc:
+        messages.warning(
+            request,
+            f"The price is now {format_btc(exc.price)} BTC, more than you accepted; "
+            f"nothing was bought. Check the new price and buy again if it suits you.",
+        )
+    except buy.SlotTaken:
+        messages.warning(
+            request,
+            "Someone else just bought that slot; you were not charged. "
+            "The next slot is shown below at its new price.",
+        )
+    except locks.InsufficientFunds as exc:
+        messages.error(
+            request,
+            format_html(
+                "Your balance is {} BTC and this slot costs {} BTC. "
+                '<a href="{}">Add funds</a> and try again.',
+                format_btc(exc.balance),
+                format_btc(exc.needed),
+                reverse("account"),
+            ),
+        )
+    except locks.AccountBusy:
+        messages.warning(request, locks.AccountBusy.message)
+    except locks.AccountMissing:
+        messages.error(
+            request,
+            format_html(
+                'Your account is not set up yet; open <a href="{}">your account</a> once, '
+                "then try again.",
+                reverse("account"),
+            ),
+        )
+    except (Ambiguous, TemporaryFailure):
+        log.warning(
+            "buy outcome unknown buyer=%s campaign=%s/%s", request.user.username, user, index,
+            exc_info=True,
+        )  # fmt: skip
+        raise PageError(503, OUTCOME_UNKNOWN, (back, "Back to the campaign"))
+    else:
+        messages.success(
+            request,
+            f"You bought slot #{sale.slot} for {format_btc(sale.price)} BTC; it shows from "
+            f"{services.utc(sale.starts_at):%Y-%m-%d %H:%M:%S} to "
+            f"{services.utc(sale.ends_at):%Y-%m-%d %H:%M:%S} UTC.",
+        )
+    return redirect(back)
