@@ -19,3 +19,6 @@ LOGGING = {
     # Recovery warnings fire thousands of times in the fault tests; they are asserted, not read.
     "loggers": {"accounts.money": {"level": "ERROR"}},
 }
+# Tests serve static files through the finders; there is no collected directory.
+STATIC_ROOT = None
+WHITENOISE_USE_FINDERS = True
