@@ -33,3 +33,6 @@ format: install
 
 clean:
 	rm -rf $(VENV) var staticfiles
+
+bench:
+	bench/run $(BENCH_ARGS)

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
@@ -6,3 +7,8 @@ urlpatterns = [
     path("", include("adspace.urls")),
     path("", include("accounts.urls")),
 ]
+
+if settings.BENCH_FLOOR:
+    from bench.floor import floor
+
+    urlpatterns.append(path("bench/floor", floor))

@@ -169,3 +169,6 @@ DEPOSIT_CONFIRMATIONS = env.int("DEPOSIT_CONFIRMATIONS", default=1)
 KEYPOOL_SETS = env.int("KEYPOOL_SETS", default=1000)
 KEYPOOL_PAGE_SIZE = env.int("KEYPOOL_PAGE_SIZE", default=100)
 KEYPOOL_RANGES_PER_LIST_PAGE = env.int("KEYPOOL_RANGES_PER_LIST_PAGE", default=100)
+
+# Benchmarks only: serve the bare "floor" view at /bench/floor (make bench turns it on).
+BENCH_FLOOR = env_bool("BENCH_FLOOR", False)

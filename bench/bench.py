@@ -1,0 +1,302 @@
+"""make bench: seed a fresh store, serve it as `make run` does, and measure against the floor.
+
+Every HTTP figure is the median of 3 interleaved wrk runs (endpoint A, B, C, then A, B, C again),
+so drift on the machine hits every row alike; each row is also given as a ratio to the floor (a
+bare Django view served by the same gunicorn in the same run). Prints one table and writes it as
+JSON (bench/results/<time>.json) for bench/compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = str(ROOT / ".venv" / "bin" / "python")
+GUNICORN = str(ROOT / ".venv" / "bin" / "gunicorn")
+
+BUY_LUA = r"""
+local data = {}
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args)
+  local f = io.open(args[1]); local text = f:read("*a"); f:close()
+  data.csrf = text:match('"csrf": "([^"]+)"')
+  data.sessions, data.hot = {}, {}
+  for s in text:match('"sessions": %[(.-)%]'):gmatch('"([^"]+)"') do table.insert(data.sessions, s) end
+  for c in text:match('"hot": %[(.-)%]'):gmatch('"([^"]+)"') do table.insert(data.hot, c) end
+  math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 1000)
+end
+function request()
+  local s = data.sessions[math.random(#data.sessions)]
+  local c = data.hot[math.random(#data.hot)]
+  return wrk.format("POST", "/ads/buy-ad-space/" .. c .. "/buy", {
+    ["Cookie"] = "sessionid=" .. s .. "; csrftoken=" .. data.csrf,
+    ["X-CSRFToken"] = data.csrf,
+    ["Referer"] = "http://127.0.0.1/",
+    ["Content-Type"] = "application/x-www-form-urlencoded",
+  }, "filler=0&accepted_price=1000000000000000")
+end
+function response(status, headers, body)
+  local name = "c" .. status
+  _G[name] = (_G[name] or 0) + 1
+end
+function done(summary, latency, requests)
+  local total = {}
+  for _, t in ipairs(threads) do
+    for _, code in ipairs({200, 302, 400, 403, 404, 429, 500, 502, 503}) do
+      local v = t:get("c" .. code)
+      if v then total[code] = (total[code] or 0) + v end
+    end
+  end
+  for code, n in pairs(total) do io.write(string.format("STATUS %d %d\n", code, n)) end
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd: list[str], env: dict, **kw) -> str:
+    return subprocess.run(
+        cmd, env=env, cwd=ROOT, check=True, capture_output=True, text=True, **kw
+    ).stdout
+
+
+def parse_wrk(out: str) -> dict:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    statuses = {int(c): int(n) for c, n in re.findall(r"STATUS (\d+) (\d+)", out)}
+    return {
+        "rps": rps,
+        "p50_ms": pct(50),
+        "p99_ms": pct(99),
+        "non2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+        "statuses": statuses,
+    }
+
+
+def wrk(url: str, seconds: int, connections: int, script: str | None = None, arg: str = "") -> dict:
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if script:
+        cmd += ["-s", script]
+    cmd.append(url)
+    if arg:
+        cmd += ["--", arg]
+    return parse_wrk(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--small", action="store_true", help="a small data set (quick check)")
+    args = parser.parse_args()
+    if subprocess.run(["which", "wrk"], capture_output=True).returncode != 0:
+        sys.exit("wrk is not installed: apt-get install wrk (bench/run does this)")
+
+    work = Path(tempfile.mkdtemp(prefix="adspace-bench-"))
+    port = free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.dev",
+        "DEBUG": "false",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "DOCSTORE_PATH": str(work / "docstore.sqlite3"),
+        "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
+        "CACHE_URL": f"filecache://{work / 'cache'}",
+        "BENCH_FLOOR": "true",
+        "LOG_LEVEL": "WARNING",
+        "BIND": f"127.0.0.1:{port}",
+    }
+    seed_env = {**env, "DOCSTORE_DURABILITY": "relaxed"}
+    run([PY, "manage.py", "migrate", "--noinput", "-v0"], env)
+    run([PY, "manage.py", "init_docstore", "-v0"], env)
+    run([PY, "manage.py", "collectstatic", "--noinput", "-v0"], env)
+    sizes = ["--sellers", "100", "--buyers", "200", "--slots", "1000"] if args.small else []
+    seed_file = work / "seed.json"
+    print(run([PY, "bench/seed.py", "--out", str(seed_file), *sizes], seed_env).strip())
+    seed = json.loads(seed_file.read_text())
+
+    server = subprocess.Popen(["bin/serve"], cwd=ROOT, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{base}/bench/floor", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        results = measure(base, seed, args, work)
+        results["rss_mb"] = memory(server.pid)
+        results["passes"] = passes(env)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    report(results, seed)
+
+
+def measure(base: str, seed: dict, args, work: Path) -> dict:
+    owner, n = seed["campaign"].split("/")
+    api_key = api_key_of(owner, work)
+    session, csrf = seed["sessions"][0], seed["csrf"]
+    account_lua = work / "account.lua"
+    account_lua.write_text(f'wrk.headers["Cookie"] = "sessionid={session}; csrftoken={csrf}"\n')
+    api_lua = work / "api.lua"
+    api_lua.write_text(f'wrk.headers["Authorization"] = "Bearer {api_key}"\n')
+    rows = {
+        "floor": (f"{base}/bench/floor", None),
+        "api current": (f"{base}/api/v1/ads/{owner}/{n}/current", str(api_lua)),
+        "embed": (f"{base}/embed/{owner}/{n}", None),
+        "image": (f"{base}{seed['image']}", None),
+        "campaign page": (f"{base}/ads/buy-ad-space/{owner}/{n}", None),
+        "sellers list": (f"{base}/ads/buy-ad-space/", None),
+        "account page": (f"{base}/account/", str(account_lua)),
+    }
+    samples: dict[str, list[dict]] = {name: [] for name in rows}
+    for _ in range(args.rounds):
+        for name, (url, script) in rows.items():
+            samples[name].append(wrk(url, args.seconds, 32, script))
+    out = {name: median_of(runs) for name, runs in samples.items()}
+    buy_lua = work / "buy.lua"
+    buy_lua.write_text(BUY_LUA)
+    before = sold_slots(work)
+    buys = wrk(f"{base}/", args.seconds * 2, 50, str(buy_lua), str(work / "seed.json"))
+    sales = sold_slots(work) - before
+    answered = sum(buys["statuses"].values())
+    errors = answered - buys["statuses"].get(302, 0)
+    buys.update(sales=sales, sales_per_s=sales / (args.seconds * 2), lost=answered - sales - errors,
+                errors=errors)  # fmt: skip
+    out["buy POST"] = buys
+    return out
+
+
+def median_of(runs: list[dict]) -> dict:
+    return {
+        "rps": statistics.median(r["rps"] for r in runs),
+        "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+        "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+        "non2xx": sum(r["non2xx"] for r in runs),
+    }
+
+
+def api_key_of(owner: str, work: Path) -> str:
+    import sqlite3
+
+    conn = sqlite3.connect(work / "docstore.sqlite3")
+    (value,) = conn.execute(
+        "SELECT value FROM docs WHERE key = ?", (f"account::{owner}",)
+    ).fetchone()
+    return json.loads(value)["apiKey"]
+
+
+def sold_slots(work: Path) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(work / "docstore.sqlite3")
+    return conn.execute("SELECT count(*) FROM docs WHERE key LIKE 'slot::%'").fetchone()[0]
+
+
+def memory(serve_pid: int) -> dict:
+    out = {}
+    for pid in children(serve_pid):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        if "run_workers" in cmdline:
+            out["worker process"] = round(rss_mb(pid), 1)
+        elif "gunicorn" in cmdline:
+            out["gunicorn master"] = round(rss_mb(pid), 1)
+            for i, child in enumerate(children(pid)):
+                out[f"gunicorn worker {i + 1}"] = round(rss_mb(child), 1)
+    return out
+
+
+PASSES = """
+import time
+from docstore import get_store, get_clock
+from accounts.recovery import run_recovery
+store, clock = get_store(), get_clock()
+t = time.perf_counter(); run_recovery(store, clock); recovery = time.perf_counter() - t
+try:
+    from adspace.credit import credit_all
+    t = time.perf_counter(); credit_all(store, clock); credit = time.perf_counter() - t
+    t = time.perf_counter(); credit_all(store, clock); credit_idle = time.perf_counter() - t
+except ImportError:
+    credit = credit_idle = None
+print({"recovery pass s": round(recovery, 3), "creditor pass s": credit and round(credit, 3),
+       "idle creditor pass s": credit_idle and round(credit_idle, 3)})
+"""
+
+
+def passes(env: dict) -> dict:
+    out = run([PY, "manage.py", "shell", "-c", PASSES], env)
+    return eval(out.strip().splitlines()[-1])  # noqa: S307 - our own dict literal
+
+
+def report(results: dict, seed: dict) -> None:
+    floor = results["floor"]["rps"]
+    lines = [
+        f"data: {seed['sold']} sold slots, seeded in {seed['seconds']} s",
+        f"{'endpoint':<16} {'req/s':>9} {'x floor':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}",
+    ]
+    for name, r in results.items():
+        if name in ("rss_mb", "passes", "buy POST"):
+            continue
+        lines.append(
+            f"{name:<16} {r['rps']:>9.0f} {r['rps'] / floor:>8.2f} {r['p50_ms']:>8.2f} "
+            f"{r['p99_ms']:>8.2f} {r['non2xx']:>8}"
+        )
+    b = results["buy POST"]
+    lines.append(
+        f"{'buy POST':<16} {b['rps']:>9.0f} {b['rps'] / floor:>8.2f} {b['p50_ms']:>8.2f} "
+        f"{b['p99_ms']:>8.2f}   sales {b['sales']} ({b['sales_per_s']:.1f}/s), "
+        f"lost races {b['lost']}, errors {b['errors']}"
+    )
+    for name, value in results["passes"].items():
+        lines.append(f"{name:<24} {value}")
+    for name, value in results["rss_mb"].items():
+        lines.append(f"RSS {name:<20} {value} MB")
+    print("\n".join(lines))
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(exist_ok=True)
+    path = out_dir / time.strftime("%Y%m%d-%H%M%S.json")
+    path.write_text(json.dumps(results, indent=2))
+    print(f"written to {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
