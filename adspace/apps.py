@@ -5,11 +5,15 @@ class AdspaceConfig(AppConfig):
     name = "adspace"
 
     def ready(self):
-        from accounts import audit, locks, recovery
+        from accounts import apikeys, audit, locks, recovery, workers
 
+        from . import api, buy, credit
         from . import audit as adspace_audit
-        from . import buy
 
         locks.register_finisher("buy", buy.finish_buy_lock)
+        locks.register_finisher("credit", credit.finish_credit_lock)
         recovery.register_pass("campaigns", buy.recover_campaigns)
         audit.register_audit(adspace_audit.audit_adspace)
+        # The API key tab lives in accounts, which must not import adspace.
+        apikeys.set_campaign_lister(api.seller_campaigns)
+        workers.register_task("creditor", credit.credit_all)

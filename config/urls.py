@@ -4,8 +4,11 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("", include("adspace.serving_urls")),
     path("", include("adspace.urls")),
     path("", include("accounts.urls")),
+    path("account/funds/", include("bitcoinkeys.urls")),
+    path("account/withdraw/", include("bitcoinkeys.withdraw_urls")),
 ]
 
 if settings.BENCH_FLOOR:

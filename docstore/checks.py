@@ -46,6 +46,10 @@ def docstore_configuration(app_configs, **kwargs):
             )
     if settings.TIME_ZONE != "UTC":
         errors.append(
-            Error("TIME_ZONE must be UTC.", hint="Every time is unix seconds, UTC.", id="docstore.E005")
+            Error(
+                "TIME_ZONE must be UTC.",
+                hint="Every time is unix seconds, UTC.",
+                id="docstore.E005",
+            )
         )
     return errors

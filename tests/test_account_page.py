@@ -147,11 +147,17 @@ def test_a_user_without_an_account_doc_gets_one_here(client, store):
     assert get_account(store, "admin1").value["balance"] == 0
 
 
-def test_placeholder_tabs_are_marked_and_show_no_data(client, store, seller):
+def test_every_account_tab_links_to_a_page_that_answers(client, store, seller):
     client.force_login(seller)
     html = client.get(URL).content.decode()
-    for tab in ["Add funds", "Withdraw", "My ads", "API key"]:
-        assert f"{tab} <small>soon</small>" in html
+    tabs = re.search(r'<nav class="tabs".*?</nav>', html, re.S).group(0)
+    links = re.findall(r'href="([^"]+)"', tabs)
+    assert links == [
+        "/account/", "/account/funds/", "/account/withdraw/", "/account/ads/",
+        "/account/ads/new/", "/account/api-key/",
+    ]  # fmt: skip
+    for link in links:
+        assert client.get(link).status_code == 200, link
     assert get_account(store, "seller").value["apiKey"] not in html
 
 

@@ -45,7 +45,9 @@ class EmbeddedStore(Store):
         self.durable = durable
         self._local = threading.local()
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn().execute(_SCHEMA)
+        # Processes opening a fresh file at once race to switch it to WAL, and SQLite reports the
+        # loser as "locked" at once, without waiting on busy_timeout: retry like any busy error.
+        retry_transient(lambda: self._conn().execute(_SCHEMA), _is_transient)
 
     def _conn(self) -> sqlite3.Connection:
         # One connection per thread and per process: a connection must never cross a fork.
@@ -54,9 +56,13 @@ class EmbeddedStore(Store):
             conn = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+            try:
+                conn.execute("PRAGMA busy_timeout=30000")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+            except BaseException:
+                conn.close()  # the caller retries with a new one; do not leak this one
+                raise
             local.conn, local.pid = conn, os.getpid()
         return local.conn
 
@@ -67,7 +73,9 @@ class EmbeddedStore(Store):
         return self._run("SELECT 1 FROM docs WHERE key = ?", (key,)).fetchone() is not None
 
     def get(self, key: str) -> Doc:
-        row = self._run("SELECT value, cas FROM docs WHERE key = ?", (self.prefix + key,)).fetchone()
+        row = self._run(
+            "SELECT value, cas FROM docs WHERE key = ?", (self.prefix + key,)
+        ).fetchone()
         if row is None:
             raise NotFound(key)
         return Doc(json.loads(row[0]), row[1])

@@ -1,0 +1,414 @@
+"""The live ad, served to sellers' sites: the JSON API (seller's key) and the public embeds.
+
+`GET /api/v1/ads/<user>/<n>/current` answers the ad showing now, for the seller's own server to
+cache and show (the original's getcurrentad, with its 50 requests per slot). The embeds need no
+key and show only public data: `/embed/<user>/<n>` is the one page of the site another site may
+frame, `/embed/<user>/<n>.json` its size, and `/embed.js` a script that inserts the frame.
+
+Every answer carries Cache-Control up to the moment it can change (the slot's end or the next
+slot's 30 s early switch), so a well-behaved client asks once per slot. Clicks go to the URL
+stored with the ad, never to anything taken from the request.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from django.core.cache import cache
+from django.core.exceptions import TooManyFieldsSent
+from django.http import HttpRequest, HttpResponse, HttpResponseNotModified
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.http import parse_etags
+from django.views.decorators.clickjacking import xframe_options_exempt
+from django.views.decorators.csrf import csrf_exempt
+
+from accounts import apikeys
+from accounts.gateway import account_key
+from accounts.money import format_btc
+from docstore import NotFound, Store, TemporaryFailure, get_clock, get_store
+
+from . import gateway, pricing, services, serving
+
+log = logging.getLogger(__name__)
+
+# The original's allowance: a client that stores the answer needs one request per slot.
+REQUESTS_PER_SLOT = 50
+# With no ad the price falls every second and a sale can come at any moment: ask again soon.
+NO_AD_MAX_AGE = 60
+# Public embeds may sit in shared caches; an ad taken down still leaves them within the hour.
+EMBED_MAX_AGE = 3600
+STATIC_MAX_AGE = 3600
+# A key is 32 characters; nothing this API reads needs a long query string.
+MAX_QUERY_STRING = 2048
+MAX_CAMPAIGN_INDEX = 10**9
+
+_USERNAME = re.compile(r"[A-Za-z0-9]{1,32}")
+# Canonical ASCII decimal only: "07", "+7" and " 7" are not campaign 7.
+_INDEX = re.compile(r"0|[1-9][0-9]{0,9}")
+
+NO_SUCH_CAMPAIGN = "There is no ad campaign at that index, or that is an invalid user."
+MISSING_KEY = (
+    "Missing API key: send 'Authorization: Bearer <key>' (or ?key=<key>) with the key from "
+    "the API key tab of your account."
+)
+INVALID_KEY = (
+    "Invalid API key for this seller. Keys are shown (and regenerated) in the API key tab."
+)
+UNAVAILABLE = "The ad service is briefly unavailable; try again in a minute."
+RETRY_UNAVAILABLE = 60
+TOO_MANY = (
+    "You have used up all of your API requests for the current ad slot ({limit}). Store the "
+    "answer and show it until it expires (see Cache-Control); you get {limit} more when the "
+    "next slot starts."
+)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+# --- responses ----------------------------------------------------------------------------------
+
+
+def _cors(response: HttpResponse) -> HttpResponse:
+    response["Access-Control-Allow-Origin"] = "*"
+    response["Access-Control-Expose-Headers"] = "ETag, Retry-After"
+    return response
+
+
+_JSON = "application/json"
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> HttpResponse:
+    response = HttpResponse(_dumps({"error": message}), status=status, content_type=_JSON)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    response["Cache-Control"] = "no-store"
+    return _cors(response)
+
+
+def _dumps(body: Any) -> bytes:
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    tags = parse_etags(header)
+    # Weak comparison (RFC 9110 13.1.2): a W/ prefix does not change which answer it names.
+    return "*" in tags or etag in (t.removeprefix("W/") for t in tags)
+
+
+def _cached_json(request: HttpRequest, body: dict, cache_control: str) -> HttpResponse:
+    data = _dumps(body)
+    etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+    if _etag_matches(request.headers.get("If-None-Match"), etag):
+        response: HttpResponse = HttpResponseNotModified()
+    else:
+        response = HttpResponse(data, content_type=_JSON)
+    response["ETag"] = etag
+    response["Cache-Control"] = cache_control
+    return _cors(response)
+
+
+def _preflight() -> HttpResponse:
+    response = HttpResponse(status=204)
+    response["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
+    response["Access-Control-Allow-Headers"] = "Authorization, If-None-Match"
+    response["Access-Control-Max-Age"] = "86400"
+    return _cors(response)
+
+
+def _api_view(view):
+    """CORS on every answer, the preflight, and an ApiError anywhere turned into its JSON.
+
+    CSRF-exempt so that a POST gets this API's 405 rather than the HTML CSRF page: nothing here
+    changes state, whatever the method.
+    """
+
+    @csrf_exempt
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if request.method == "OPTIONS":
+            return _preflight()
+        if request.method not in ("GET", "HEAD"):
+            return _error(405, "Only GET is supported.", {"Allow": "GET, HEAD, OPTIONS"})
+        try:
+            _check_raw_path(request)
+            return view(request, *args, **kwargs)
+        except ApiError as exc:
+            return _error(exc.status, exc.message, exc.headers)
+        except TemporaryFailure:
+            log.warning("docstore unavailable for %s", request.path, exc_info=True)
+            return _error(503, UNAVAILABLE, {"Retry-After": str(RETRY_UNAVAILABLE)})
+
+    return wrapper
+
+
+# --- input --------------------------------------------------------------------------------------
+
+
+def _campaign_ref(user: str, n: str) -> tuple[str, int]:
+    if not _USERNAME.fullmatch(user) or not _INDEX.fullmatch(n) or int(n) > MAX_CAMPAIGN_INDEX:
+        raise ApiError(404, NO_SUCH_CAMPAIGN)
+    return user, int(n)
+
+
+def _check_raw_path(request: HttpRequest) -> None:
+    """Refuse encoded slashes and oversized query strings before anything is parsed.
+
+    WSGI decodes %2F into "/" before routing, so "a%2Fb" and "a/b" look alike to Django; the
+    raw request line (RAW_URI from gunicorn, REQUEST_URI from uwsgi and others) still tells.
+    """
+    raw = request.META.get("RAW_URI") or request.META.get("REQUEST_URI") or ""
+    raw_path = raw.partition("?")[0].lower()
+    if "%2f" in raw_path or "%5c" in raw_path:
+        raise ApiError(404, "Encoded slashes are not allowed in API paths.")
+    if len(request.META.get("QUERY_STRING", "")) > MAX_QUERY_STRING:
+        raise ApiError(400, "The query string is too long.")
+
+
+def _presented_key(request: HttpRequest) -> str | None:
+    """The key from `Authorization: Bearer` (preferred) or `?key=`; None when neither is sent."""
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    try:
+        key = request.GET.get("key")
+    except TooManyFieldsSent:
+        raise ApiError(400, "The query string has too many fields.")
+    return key or None
+
+
+def _seller_and_campaign(store: Store, owner: str, n: int, key: str | None) -> dict:
+    """The campaign doc, after checking the seller's key against their account doc."""
+    if key is None:
+        raise ApiError(401, MISSING_KEY, {"WWW-Authenticate": 'Bearer realm="api"'})
+    found = store.get_multi([account_key(owner), gateway.campaign_key(owner, n)])
+    account = found.get(account_key(owner))
+    if account is None:
+        raise ApiError(404, NO_SUCH_CAMPAIGN)
+    # Read on every request, never cached: a regenerated key must stop the old one at once.
+    if not apikeys.keys_match(key, account.value.get("apiKey")):
+        raise ApiError(403, INVALID_KEY)
+    campaign = found.get(gateway.campaign_key(owner, n))
+    if campaign is None:
+        raise ApiError(404, NO_SUCH_CAMPAIGN)
+    return campaign.value
+
+
+# --- the live ad --------------------------------------------------------------------------------
+
+
+def _live_ad(store: Store, owner: str, n: int, answer: serving.Showing) -> dict | None:
+    """The showing slot's ad with its image path; None (and an error logged) if it is gone."""
+    if answer.slot is None:
+        return None
+    filler_key = answer.slot["filler"]
+    try:
+        filler = store.get(filler_key).value
+    except NotFound:
+        log.error("live slot %s/%s#%s names missing ad %s", owner, n, answer.index, filler_key)
+        return None
+    image = services.image_urls(store, [filler["image"]]).get(filler["image"])
+    if image is None:
+        log.error("ad %s of live slot %s/%s#%s has no image", filler_key, owner, n, answer.index)
+        return None
+    return {**filler, "image_path": image}
+
+
+def _seconds_until(until: int | None, now: int, cap: int) -> int:
+    return cap if until is None else max(1, min(cap, until - now))
+
+
+def _iso(t: int) -> str:
+    return datetime.fromtimestamp(t, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def _within_slot_allowance(key: str, owner: str, n: int, slot: int, ttl: int) -> bool:
+    """Count one request for this key, campaign and slot; True while within the allowance.
+
+    Keyed by the slot index, so the count starts again with the next slot; the key is hashed so
+    the cache never holds it. cache.add then incr, as in accounts.ratelimit.
+    """
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    name = f"adapi:{digest}:{owner}:{n}:{slot}"
+    cache.add(name, 0, timeout=ttl)
+    try:
+        count = cache.incr(name)
+    except ValueError:  # evicted between add and incr
+        cache.add(name, 1, timeout=ttl)
+        count = 1
+    return count <= REQUESTS_PER_SLOT
+
+
+@_api_view
+def current_ad(request: HttpRequest, user: str, n: str) -> HttpResponse:
+    owner, index = _campaign_ref(user, n)
+    key = _presented_key(request)
+    store, now = get_store(), get_clock().now()
+    campaign = _seller_and_campaign(store, owner, index, key)
+    answer = serving.showing(store, owner, index, now, campaign)
+    ad = _live_ad(store, owner, index, answer)
+    if ad is None or answer.index is None or answer.slot is None:
+        price = pricing.current_price(campaign["minPrice"], campaign.get("last"), now)
+        body = {
+            "ad": None,
+            "campaignUrl": request.build_absolute_uri(reverse("campaign", args=[owner, index])),
+            "price": price,
+            "priceBtc": format_btc(price),
+        }
+        # Not counted, like the original's "not purchased" answers.
+        max_age = _seconds_until(answer.until, now, NO_AD_MAX_AGE)
+        return _cached_json(request, body, f"private, max-age={max_age}")
+
+    # A showing slot always has an end, so `until` is set; the 1 s is only a guard.
+    max_age = max(1, answer.until - now) if answer.until is not None else 1
+    if not _within_slot_allowance(key or "", owner, index, answer.index, max_age + 60):
+        return _error(
+            429,
+            TOO_MANY.format(limit=REQUESTS_PER_SLOT),
+            {"Retry-After": str(max_age)},
+        )
+    slot = answer.slot
+    body = {
+        "ad": {
+            "url": ad["url"],
+            "hoverText": ad["hoverText"],
+            "image": request.build_absolute_uri(ad["image_path"]),
+            "width": ad["width"],
+            "height": ad["height"],
+        },
+        "slot": {
+            "index": answer.index,
+            "startsAt": slot["startsAt"],
+            "endsAt": slot["endsAt"],
+            "startsAtIso": _iso(slot["startsAt"]),
+            "endsAtIso": _iso(slot["endsAt"]),
+        },
+    }
+    # private: the answer was given for a key; a shared cache must not hand it to anyone.
+    response = _cached_json(request, body, f"private, max-age={max_age}")
+    response["Vary"] = "Authorization"
+    return response
+
+
+@_api_view
+def api_not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Anything else under /api/: a JSON 404, never Django's HTML page."""
+    raise ApiError(404, "No such API endpoint. The live ad is at /api/v1/ads/<user>/<n>/current.")
+
+
+# --- embeds -------------------------------------------------------------------------------------
+
+
+def _public_campaign(store: Store, user: str, n: str) -> tuple[str, int, dict]:
+    owner, index = _campaign_ref(user, n)
+    try:
+        return owner, index, gateway.get_campaign(store, owner, index).value
+    except NotFound:
+        raise ApiError(404, NO_SUCH_CAMPAIGN) from None
+
+
+def placeholder_lines(width: int, height: int) -> tuple[int, list[tuple[str, int]]]:
+    """Font size and (text, centre y) lines of "Your ad here — buy this space" for W x H px.
+
+    One line where it fits, two on narrow spaces. A character is about 0.55 em wide, so the
+    29-character line needs ~16 em and each half ~8.25 em; a line needs ~1.4 em of height.
+    """
+    room = max(width - 8, 0)
+    one = min(18, room // 16, height * 10 // 16)
+    two = min(18, room * 100 // 825, height * 10 // 28)
+    if one >= 11 or one >= two:
+        return max(one, 6), [("Your ad here — buy this space", height // 2)]
+    size = max(two, 6)
+    gap = size * 55 // 100
+    return size, [("Your ad here —", height // 2 - gap), ("buy this space", height // 2 + gap)]
+
+
+@xframe_options_exempt
+def embed(request: HttpRequest, user: str, n: str) -> HttpResponse:
+    """The one frameable page: the live ad at its exact size, or a same-size placeholder."""
+    if request.method not in ("GET", "HEAD"):
+        response = HttpResponse(status=405)
+        response["Allow"] = "GET, HEAD"
+        return response
+    try:
+        return _embed_page(request, user, n)
+    except ApiError:
+        html = render_to_string("adspace/embed.html", {"missing": True})
+        response = HttpResponse(html, status=404)
+        response["Cache-Control"] = f"public, max-age={NO_AD_MAX_AGE}"
+        return response
+    except TemporaryFailure:
+        # An empty frame for now; the host page is unaffected and the next view retries.
+        log.warning("docstore unavailable for %s", request.path, exc_info=True)
+        response = HttpResponse(
+            render_to_string("adspace/embed.html", {"unavailable": True}), status=503
+        )
+        response["Cache-Control"] = "no-store"
+        response["Retry-After"] = str(RETRY_UNAVAILABLE)
+        return response
+
+
+def _embed_page(request: HttpRequest, user: str, n: str) -> HttpResponse:
+    store, now = get_store(), get_clock().now()
+    owner, index, campaign = _public_campaign(store, user, n)
+    answer = serving.showing(store, owner, index, now, campaign)
+    ad = _live_ad(store, owner, index, answer)
+    width, height = campaign["width"], campaign["height"]
+    context: dict[str, Any] = {"width": width, "height": height, "ad": ad}
+    if ad is None:
+        size, lines = placeholder_lines(width, height)
+        context.update(
+            campaign_url=request.build_absolute_uri(reverse("campaign", args=[owner, index])),
+            font_size=size,
+            lines=lines,
+            rect_width=max(width - 1, 0),
+            rect_height=max(height - 1, 0),
+            center_x=width // 2,
+        )
+        max_age = _seconds_until(answer.until, now, NO_AD_MAX_AGE)
+    else:
+        max_age = _seconds_until(answer.until, now, EMBED_MAX_AGE)
+    # render_to_string without the request: no context processors, so nothing touches the
+    # session or the user and the page stays the same for everyone (cacheable by anyone).
+    response = HttpResponse(render_to_string("adspace/embed.html", context))
+    response["Cache-Control"] = f"public, max-age={max_age}"
+    return response
+
+
+@_api_view
+def embed_size(request: HttpRequest, user: str, n: str) -> HttpResponse:
+    """{width, height} of a campaign's space, so embed.js can reserve it before the frame loads."""
+    _, _, campaign = _public_campaign(get_store(), user, n)
+    body = {"width": campaign["width"], "height": campaign["height"]}
+    return _cached_json(request, body, f"public, max-age={STATIC_MAX_AGE}")
+
+
+def embed_js(request: HttpRequest) -> HttpResponse:
+    """The one-line installable script; rendered so it knows this site's absolute URL."""
+    script = render_to_string("adspace/embed.js", {"base_url": request.build_absolute_uri("/")})
+    response = HttpResponse(script, content_type="application/javascript; charset=utf-8")
+    response["Cache-Control"] = f"public, max-age={STATIC_MAX_AGE}"
+    response["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+def seller_campaigns(store: Store, username: str) -> list[dict]:
+    """What the API key tab needs of a seller's campaigns (registered with accounts.apikeys)."""
+    return [
+        {"n": c["n"], "width": c["width"], "height": c["height"]}
+        for c in gateway.owner_campaigns(store, username)
+    ]

@@ -1,0 +1,18 @@
+"""URLs of the live-ad API and the embeds; included at the site root by config/urls.py."""
+
+from __future__ import annotations
+
+from django.urls import path, re_path
+
+from . import api
+
+urlpatterns = [
+    # Path parts are matched loosely and checked in the view, so every malformed one gets the
+    # API's JSON 404 rather than Django's HTML page.
+    path("api/v1/ads/<str:user>/<str:n>/current", api.current_ad, name="ad_api_current"),
+    re_path(r"^api/(?P<rest>.*)$", api.api_not_found, name="api_not_found"),
+    # The size before the page: "<n>.json" would otherwise be read as the index "0.json".
+    re_path(r"^embed/(?P<user>[^/]+)/(?P<n>[^/]+)\.json$", api.embed_size, name="embed_size"),
+    re_path(r"^embed/(?P<user>[^/]+)/(?P<n>[^/]+)$", api.embed, name="embed"),
+    path("embed.js", api.embed_js, name="embed_js"),
+]
