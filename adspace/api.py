@@ -32,6 +32,7 @@ from django.views.decorators.csrf import csrf_exempt
 from accounts import apikeys
 from accounts.gateway import account_key
 from accounts.money import format_btc
+from accounts.security import frameable
 from docstore import NotFound, Store, TemporaryFailure, get_clock, get_store
 
 from . import gateway, pricing, services, serving
@@ -338,6 +339,7 @@ def placeholder_lines(width: int, height: int) -> tuple[int, list[tuple[str, int
 
 
 @xframe_options_exempt
+@frameable
 def embed(request: HttpRequest, user: str, n: str) -> HttpResponse:
     """The one frameable page: the live ad at its exact size, or a same-size placeholder."""
     if request.method not in ("GET", "HEAD"):
