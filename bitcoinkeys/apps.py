@@ -3,3 +3,16 @@ from django.apps import AppConfig
 
 class BitcoinkeysConfig(AppConfig):
     name = "bitcoinkeys"
+
+    def ready(self):
+        from accounts import audit, recovery, workers
+
+        from . import audit as keys_audit
+        from . import pool
+
+        # Sets and the huge-list pointer must exist; key pages come from import_keys.
+        workers.register_init(pool.init_key_sets)
+        # Accounts stuck `getting` and sets stuck `filling` are rolled forward by the worker
+        # (after the lock pass, which accounts registers first).
+        recovery.register_pass("keypool", pool.resume_pending)
+        audit.register_audit(keys_audit.audit_keypool)

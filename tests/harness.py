@@ -322,18 +322,15 @@ def run_swarm(
     return len(seeds)
 
 
-_templates: dict[int, tuple[World, int]] = {}
-
-
 def _world_from_template(scenario: Scenario, make_store: Callable[[], Store]) -> World:
     """A fresh world for a swarm seed: cloned from one built once, when the store can clone."""
-    template = _templates.get(id(scenario))
+    template = getattr(scenario, "_template", None)
     if template is None or template[0].store.__class__ is not make_store:
         world = new_world(scenario, make_store)
         if not hasattr(world.store, "clone"):
             return world
         template = (world, world.clock.now())
-        _templates[id(scenario)] = template
+        scenario._template = template  # kept on the scenario itself: never handed to another
     world, t = template
     return World(world.store.clone(), FixedClock(t), copy.deepcopy(world.ctx))
 

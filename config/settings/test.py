@@ -22,3 +22,8 @@ LOGGING = {
 # Tests serve static files through the finders; there is no collected directory.
 STATIC_ROOT = None
 WHITENOISE_USE_FINDERS = True
+
+# A small key pool: init_docstore stays fast; tests that need other shapes override these.
+KEYPOOL_SETS = 10
+KEYPOOL_PAGE_SIZE = 5
+KEYPOOL_RANGES_PER_LIST_PAGE = 4
