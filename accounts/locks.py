@@ -102,13 +102,10 @@ def take_lock(
     """
     if kind not in KINDS:
         raise ValueError(f"unknown lock kind {kind!r}")
-    lock = {"kind": kind, "ref": ref, "token": new_token(), "since": clock.now(), **fields}
     for _ in range(MAX_ATTEMPTS):
         doc = _read(store, username)
         account = doc.value
         held = account.get("lock")
-        if held and held["token"] == lock["token"]:
-            return lock  # an ambiguous write of ours that did land
         if unique_ref and (
             (held and held["ref"] == ref) or any(e["ref"] == ref for e in account["ledger"])
         ):
@@ -120,12 +117,21 @@ def take_lock(
             raise AccountBusy()
         if spend > account["balance"]:
             raise InsufficientFunds(account["balance"], spend)
-        lock["since"] = clock.now()
+        # A fresh token for every attempt: a token must never name two different locks.
+        lock = {"kind": kind, "ref": ref, "token": new_token(), "since": clock.now(), **fields}
         try:
             store.replace(account_key(username), {**account, "lock": lock}, doc.cas)
             return lock
-        except (CasMismatch, Ambiguous):
-            continue  # re-read decides: ours landed, someone else's did, or try again
+        except CasMismatch:
+            continue
+        except Ambiguous:
+            # Our lock may have landed, and may even have been finished by someone else since;
+            # only the account can tell, and only while it still holds our token. Anything else
+            # is an unknown outcome for the caller, never a reason to take a second lock.
+            held = _read(store, username).value.get("lock")
+            if held and held["token"] == lock["token"]:
+                return held
+            raise
     raise AccountBusy()
 
 

@@ -16,3 +16,7 @@ class BitcoinkeysConfig(AppConfig):
         # (after the lock pass, which accounts registers first).
         recovery.register_pass("keypool", pool.resume_pending)
         audit.register_audit(keys_audit.audit_keypool)
+
+        from .deposits import ready_deposits
+
+        ready_deposits()

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import pytest
+
 from accounts import locks
 from accounts.gateway import get_account
 from accounts.recovery import run_recovery
 from adspace import buy, gateway
 from docstore import FixedClock
 from docstore.backends.memory import MemoryStore
-from tests.harness import Scenario, World, run_crash_points, run_lease_matrix, run_swarm
+from docstore.faults import Hook, HookedStore
+from tests.harness import (
+    InjectedError,
+    Scenario,
+    World,
+    new_world,
+    pass_lease,
+    run_crash_points,
+    run_lease_matrix,
+    run_swarm,
+)
 from tests.invariants import assert_audit_clean, assert_each_sale_charged_once
 from tests.test_buy import HUGE, make_market
 
@@ -94,3 +106,26 @@ def test_harness_catches_a_buy_that_debits_before_the_slot_is_won(make_world_sto
     except AssertionError:
         return
     raise AssertionError("the harness did not notice a loser being charged")
+
+
+class LockFinishedBehindOurBack(Hook):
+    """bob's lock write lands, recovery finishes that whole sale, then the write reports failure."""
+
+    def __init__(self, world: World):
+        self.world, self.fired = world, False
+
+    def after(self, op: str, key: str) -> None:
+        if op == "replace" and key == "account::bob" and not self.fired:
+            self.fired = True
+            pass_lease(self.world.clock)
+            run_recovery(self.world.store, self.world.clock)
+            raise InjectedError("the lock was taken but the answer was lost")
+
+
+def test_a_lock_finished_while_its_write_looked_failed_is_not_charged_twice(make_world_store):
+    world = new_world(SCENARIO, make_world_store)
+    hooked = HookedStore(world.store, LockFinishedBehindOurBack(world))
+    with pytest.raises(InjectedError):
+        bob_buys(hooked, world.clock, world.ctx)
+    check(world)
+    assert_each_sale_charged_once(world.store)

@@ -1,0 +1,74 @@
+"""The deposit watcher on its own: poll the node and credit confirmed payments, in a loop.
+
+`run_workers` runs the same pass among its tasks; this command is for deployments that give the
+watcher its own process (or a one-off `--once` after the node was down).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from accounts.workers import StopFlag, serve
+from bitcoinkeys.chain import get_chain
+from bitcoinkeys.deposits import watch_pass
+
+HEARTBEAT = "watch_deposits"
+
+
+class Command(BaseCommand):
+    help = (
+        "Credit confirmed bitcoin payments to deposit addresses; loops until SIGTERM unless --once."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--once", action="store_true", help="run one pass and exit")
+        parser.add_argument(
+            "--interval",
+            type=float,
+            default=None,
+            help="seconds between passes (default WORKER_INTERVAL_SECONDS)",
+        )
+
+    def handle(self, *args, **options) -> None:
+        verbosity, once = options["verbosity"], options["once"]
+        interval = options["interval"] or settings.WORKER_INTERVAL_SECONDS
+        chain = get_chain()
+        if not chain.available:
+            self.stderr.write(
+                self.style.WARNING(
+                    "CHAIN_BACKEND is none: deposits cannot be detected here, nothing to watch. "
+                    "Staff can credit balances by hand from the admin."
+                )
+            )
+            return
+        if verbosity >= 1:
+            every = "once" if once else f"every {interval:g} s"
+            self.stdout.write(f"watch_deposits: {chain.name} backend; {every}")
+
+        def report(passes: int, counters: dict[str, int]) -> None:
+            busy = {k: v for k, v in counters.items() if v}
+            if verbosity >= 2 or (verbosity >= 1 and (busy or once)):
+                text = ", ".join(f"{k}={v}" for k, v in sorted(busy.items())) or "nothing new"
+                bad = (
+                    counters.get("unavailable")
+                    or counters.get("chainerror")
+                    or counters.get("failed")
+                )
+                style = self.style.ERROR if bad else self.style.SUCCESS
+                self.stdout.write(style(f"pass {passes}: {text}"))
+
+        stop = StopFlag()
+        with stop.handling_signals():
+            passes = serve(
+                HEARTBEAT,
+                lambda store, clock: watch_pass(store, clock, get_chain()),
+                interval=interval,
+                once=once,
+                stop=stop,
+                report=report,
+            )
+        if verbosity >= 1 and not once:
+            self.stdout.write(
+                self.style.SUCCESS(f"watch_deposits stopped after {passes} pass(es).")
+            )
