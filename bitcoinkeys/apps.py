@@ -20,3 +20,7 @@ class BitcoinkeysConfig(AppConfig):
         from .deposits import ready_deposits
 
         ready_deposits()
+
+        from .withdrawals import ready_withdrawals
+
+        ready_withdrawals()

@@ -22,7 +22,7 @@ Deposits:
   watchcursor::<name>  the chain backend's cursor (e.g. listsinceblock's lastblock)
 
 Withdrawals:
-  withdrawcount::<u> (counter), withdraw::<u>::<i>, withdrawdir::<g> {username, i} (counter `withdrawdir`)
+  withdrawcount::<u> (counter), withdraw::<u>::<i>, withdrawdir::<g> {username, i, at} (counter `withdrawdir`)
 """
 
 from __future__ import annotations
