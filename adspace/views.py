@@ -28,6 +28,7 @@ from accounts.money import MAX_SATS, format_btc
 from docstore import Ambiguous, NotFound, TemporaryFailure, get_clock, get_store
 
 from . import buy, gateway, images, pricing, services
+from .credit import owner_earnings
 from .forms import AdForm, CampaignForm
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,20 @@ def sell(request: HttpRequest) -> HttpResponse:
     else:
         form, status = CampaignForm(), 200
     now = clock.now()
-    rows = [services.campaign_row(c, now) for c in gateway.owner_campaigns(store, owner)]
+    earnings = owner_earnings(store, owner)
+    site = request.build_absolute_uri("/").rstrip("/")
+    rows = [
+        {
+            "row": services.campaign_row(c, now),
+            "earnings": earnings.get(c["n"], {}),
+            "script": f'<script async src="{site}/embed.js" data-campaign="{owner}/{c["n"]}"></script>',
+            "iframe": (
+                f'<iframe src="{site}/embed/{owner}/{c["n"]}" width="{c["width"]}" '
+                f'height="{c["height"]}" style="border:0" loading="lazy" title="Ad"></iframe>'
+            ),
+        }
+        for c in gateway.owner_campaigns(store, owner)
+    ]
     context = {
         "form": form,
         "campaigns": rows,

@@ -71,7 +71,7 @@ def test_the_page_lists_my_campaigns_with_sales_and_current_price(
     assert "0.00750000" in html  # price now
     assert "24 h" in html
     assert ">1</td>" in html  # slots sold
-    assert "Earned" not in html
+    assert "Earned (BTC)" in html
 
 
 def test_other_sellers_campaigns_are_not_listed(seller_client, store, clock):
