@@ -6,36 +6,46 @@ behind `admin.site.admin_view`, so only active staff get in. Money actions follo
 form, a confirmation page carrying everything that will be applied (and a request id, so the same
 confirmation submitted twice applies once), then the call into the protocol module.
 
-Other apps add links to the index's "Operations" block with `register_operation`.
+Other apps add links to the index's "Operations" block with `register_operation`, their own
+staff pages with `register_admin_urls` (each view is wrapped in `admin_view` here, so none can
+forget the staff check), and dashboard panels through `accounts.dashboard`. They call these from
+their `AppConfig.ready`, so `accounts` never imports them. `admin_context` and `paginate` are the
+helpers those pages share: the admin's chrome, and page numbers that answer bad input with a
+message instead of an error.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.core.exceptions import ValidationError
-from django.core.paginator import Paginator
+from django.core.paginator import EmptyPage, Page, PageNotAnInteger, Paginator
+from django.db.models import Case, Value, When
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import NoReverseMatch, path, reverse
 from django.utils.http import urlencode
 
 from docstore import DocstoreError, NotFound, get_clock, get_store
 
-from . import locks, money
+from . import dashboard, locks, money
 from .adjust import MAX_REASON, adjust_balance, new_request_id
-from .gateway import ensure_account, full_ledger, get_account
+from .gateway import account_key, ensure_account, full_ledger, get_account
 from .models import USERNAME_RE, User, username_validator
 
 log = logging.getLogger("accounts.money")
 
 LEDGER_PER_PAGE = 100
+ACCOUNTS_PER_PAGE = 50
 REQUEST_ID_RE = r"^[A-Za-z0-9_-]{1,64}$"
 
 
@@ -115,11 +125,37 @@ class FinishLockForm(forms.Form):
     token = forms.CharField(max_length=64, widget=forms.HiddenInput)
 
 
-# --- helpers ---
+class AccountSearchForm(forms.Form):
+    q = forms.CharField(
+        required=False,
+        max_length=32,
+        validators=[username_validator],
+        error_messages={"max_length": "Usernames are at most 32 letters and digits."},
+    )
 
 
-def _context(request: HttpRequest, title: str, **extra) -> dict:
+# --- helpers (shared with other apps' admin pages) ---
+
+
+def admin_context(request: HttpRequest, title: str, **extra: Any) -> dict:
+    """The context every staff page needs: the admin's chrome (`each_context`) and a title."""
     return {**admin.site.each_context(request), "title": title, **extra}
+
+
+def paginate(request: HttpRequest, items: Sequence, per_page: int) -> Page:
+    """Page `?page=` of `items`; a page number that is not one, or out of range, shows a
+    message and the first (or last) page instead of an error."""
+    paginator = Paginator(items, per_page)
+    raw = request.GET.get("page", "1")
+    try:
+        return paginator.page(raw)
+    except PageNotAnInteger:
+        messages.warning(request, f"“{raw[:20]}” is not a page number; showing page 1.")
+        return paginator.page(1)
+    except EmptyPage:
+        last = paginator.num_pages
+        messages.warning(request, f"There is no page {raw[:20]}; showing page {last} of {last}.")
+        return paginator.page(last)
 
 
 def _inspect_url(username: str | None = None) -> str:
@@ -185,7 +221,7 @@ def _ledger_rows(entries: list[dict]) -> list[dict]:
 
 
 def inspect_view(request: HttpRequest) -> HttpResponse:
-    context = _context(request, "Account inspector")
+    context = admin_context(request, "Account inspector")
     if "username" not in request.GET:
         context["form"] = InspectForm()
         return TemplateResponse(request, "admin/accounts/inspect.html", context)
@@ -230,7 +266,7 @@ def finish_lock_view(request: HttpRequest, username: str) -> HttpResponse:
         if not lock:
             messages.info(request, f"{username} holds no lock; there is nothing to finish.")
             return back
-        context = _context(
+        context = admin_context(
             request,
             "Finish a lock now",
             username=username,
@@ -275,7 +311,7 @@ def adjust_pick_view(request: HttpRequest) -> HttpResponse:
     if form.is_bound and form.is_valid():
         username = form.cleaned_data["username"]
         return HttpResponseRedirect(reverse("admin:accounts_adjust", args=[username]))
-    context = _context(request, "Adjust balance", form=form)
+    context = admin_context(request, "Adjust balance", form=form)
     return TemplateResponse(request, "admin/accounts/adjust_pick.html", context)
 
 
@@ -286,7 +322,7 @@ def adjust_view(request: HttpRequest, username: str) -> HttpResponse:
     account = found
 
     def show_form(form: AdjustForm) -> HttpResponse:
-        context = _context(
+        context = admin_context(
             request,
             "Adjust balance",
             subtitle=username,
@@ -300,7 +336,7 @@ def adjust_view(request: HttpRequest, username: str) -> HttpResponse:
 
     def show_confirm(sats: int, reason: str, request_id: str) -> HttpResponse:
         form = ConfirmAdjustForm(initial={"request_id": request_id, "sats": sats, "reason": reason})
-        context = _context(
+        context = admin_context(
             request,
             "Confirm adjustment",
             subtitle=username,
@@ -376,6 +412,132 @@ def adjust_view(request: HttpRequest, username: str) -> HttpResponse:
     return HttpResponseRedirect(_inspect_url(username))
 
 
+def dashboard_view(request: HttpRequest) -> HttpResponse:
+    store, clock = get_store(), get_clock()
+    now = clock.now()
+    try:
+        built = dashboard.cached_dashboard(store, clock)
+        beats = dashboard.worker_beats(store, now)
+        last = dashboard.last_audit(store)
+    except DocstoreError as exc:
+        messages.error(request, f"The docstore failed ({exc}); try again in a moment.")
+        built, beats, last = None, [], None
+    last_at = datetime.fromtimestamp(last["at"], UTC) if last and "at" in last else None
+    context = admin_context(
+        request,
+        "Dashboard",
+        dashboard=built,
+        built_at=datetime.fromtimestamp(built.at, UTC) if built else None,
+        built_age=now - built.at if built else None,
+        cache_seconds=dashboard.CACHE_SECONDS,
+        beats=beats,
+        stale_seconds=settings.WORKER_STALE_SECONDS,
+        last_audit=last,
+        last_audit_at=last_at,
+        last_audit_age=now - last["at"] if last_at else None,
+        now=datetime.fromtimestamp(now, UTC),
+    )
+    return TemplateResponse(request, "admin/dashboard.html", context)
+
+
+def run_audit_view(request: HttpRequest) -> HttpResponse:
+    """POST: run the audit on the live system, store it as `audit::last`, refresh the dashboard.
+
+    Read-only on money, so running it twice is harmless; the POST (with CSRF) only keeps a
+    crawler or a prefetch from starting a walk of every document.
+    """
+    back = HttpResponseRedirect(reverse("admin:dashboard"))
+    if request.method != "POST":
+        messages.info(request, "Use the “Run the audit now” button to run the audit.")
+        return back
+    store, clock = get_store(), get_clock()
+    try:
+        report = dashboard.live_report(store)
+        dashboard.store_audit(store, clock, report, by=request.user.get_username())
+        dashboard.rebuild(store, clock, report)
+    except DocstoreError as exc:
+        messages.error(request, f"The audit could not finish: the docstore failed ({exc}).")
+        return back
+    log.info("staff audit by=%s ok=%s", request.user.get_username(), report.ok)
+    if report.ok:
+        messages.success(request, "The audit passed: the books balance and nothing is broken.")
+    else:
+        problems = len(report.breaches) + (0 if report.balanced else 1)
+        messages.error(request, f"The audit found {problems} problem(s); see the last audit.")
+    return back
+
+
+@dataclass
+class AccountRow:
+    username: str
+    user: Any
+    exists: bool
+    balance: int | None
+    lock: LockView | None
+    btc_state: str
+    btc_address: str
+
+
+def _account_rows(usernames: list[str], users: dict[str, Any], now: int) -> list[AccountRow]:
+    found = get_store().get_multi([account_key(u) for u in usernames])
+    rows = []
+    for username in usernames:
+        doc = found.get(account_key(username))
+        account = doc.value if doc else {}
+        btc = account.get("btc") or {}
+        rows.append(
+            AccountRow(
+                username=username,
+                user=users.get(username),
+                exists=doc is not None,
+                balance=account.get("balance"),
+                lock=_lock_view(account.get("lock"), now),
+                btc_state=btc.get("state", "none") if doc else "",
+                btc_address=btc.get("address", "") if btc.get("state") == "have" else "",
+            )
+        )
+    return rows
+
+
+def accounts_list_view(request: HttpRequest) -> HttpResponse:
+    """Users by username prefix (or exact name first), or every locked account (`?locked=1`)."""
+    form = AccountSearchForm(request.GET)
+    locked_only = request.GET.get("locked") == "1"
+    context = admin_context(request, "Accounts", form=form, locked_only=locked_only)
+    if not form.is_valid():
+        context.update(rows=[], page=None)
+        return TemplateResponse(request, "admin/accounts/list.html", context)
+    q = form.cleaned_data["q"]
+    now = get_clock().now()
+    try:
+        if locked_only:
+            # Locks live in the documents, not the ORM: walk the account directory.
+            held = dashboard.held_locks(get_store(), now)
+            names = [h.username for h in held if not q or h.username.lower().startswith(q.lower())]
+            page = paginate(request, names, ACCOUNTS_PER_PAGE)
+            usernames = list(page.object_list)
+            users = {u.username: u for u in User.objects.filter(username__in=usernames)}
+        else:
+            users_qs = User.objects.all()
+            if q:
+                # The exact name (any case) first, then the other names with that prefix.
+                exact = Case(When(username__iexact=q, then=Value(0)), default=Value(1))
+                users_qs = users_qs.filter(username__istartswith=q).annotate(exact=exact)
+                users_qs = users_qs.order_by("exact", "username")
+            else:
+                users_qs = users_qs.order_by("username")
+            page = paginate(request, users_qs, ACCOUNTS_PER_PAGE)
+            page_users = list(page.object_list)
+            usernames = [u.username for u in page_users]
+            users = {u.username: u for u in page_users}
+        rows = _account_rows(usernames, users, now)
+    except DocstoreError as exc:
+        messages.error(request, f"The docstore failed ({exc}); try again in a moment.")
+        rows, page = [], None
+    context.update(rows=rows, page=page, q=q, lease_seconds=locks.lease_seconds())
+    return TemplateResponse(request, "admin/accounts/list.html", context)
+
+
 # --- wiring into the default admin site ---
 
 
@@ -397,6 +559,16 @@ def register_operation(title: str, url_name: str, description: str = "") -> None
 
 
 register_operation(
+    "Dashboard",
+    "dashboard",
+    "Money held and came in, the last audit, workers, key pool, alerts and locks.",
+)
+register_operation(
+    "Accounts",
+    "accounts_list",
+    "Search users by name; balance, lock and bitcoin state of each; every locked account.",
+)
+register_operation(
     "Account inspector",
     "accounts_inspect",
     "Balance, lock, bitcoin state and ledger of one account; adjust it or finish its lock.",
@@ -407,6 +579,28 @@ register_operation(
     "Credit or debit an account, with a written reason, after a confirmation page.",
 )
 
+
+@dataclass(frozen=True)
+class AdminUrl:
+    route: str
+    view: Callable[..., HttpResponse]
+    name: str
+
+
+_admin_urls: dict[str, AdminUrl] = {}
+
+
+def register_admin_urls(patterns: Iterable[tuple[str, Callable[..., HttpResponse], str]]) -> None:
+    """Add staff pages: (route under /admin/, view, URL name), reversed as `admin:<name>`.
+
+    Each view is wrapped in `admin.site.admin_view` (active staff only, CSRF, never cached).
+    Registering a name again replaces it. Call from `AppConfig.ready`: the admin's URLs are read
+    once, when the URLconf is first loaded.
+    """
+    for route, view, name in patterns:
+        _admin_urls[name] = AdminUrl(route, view, name)
+
+
 _site_get_urls = admin.site.get_urls
 _site_index = admin.site.index
 
@@ -415,6 +609,9 @@ def _get_urls():
     site = admin.site
     # Before the site's own URLs: those end in a catch-all that would answer these paths first.
     return [
+        path("dashboard/", site.admin_view(dashboard_view), name="dashboard"),
+        path("dashboard/run-audit/", site.admin_view(run_audit_view), name="dashboard_run_audit"),
+        path("accounts/list/", site.admin_view(accounts_list_view), name="accounts_list"),
         path("accounts/inspect/", site.admin_view(inspect_view), name="accounts_inspect"),
         path(
             "accounts/inspect/<str:username>/finish-lock/",
@@ -427,16 +624,24 @@ def _get_urls():
             site.admin_view(adjust_view),
             name="accounts_adjust",
         ),
+        *(path(u.route, site.admin_view(u.view), name=u.name) for u in _admin_urls.values()),
         *_site_get_urls(),
     ]
 
 
 def _index(request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
-    operations = [
-        {"title": op.title, "url": reverse(f"admin:{op.url_name}"), "description": op.description}
-        for op in _operations
-    ]
-    return _site_index(request, {"operations": operations, **(extra_context or {})})
+    operations = []
+    for op in _operations:
+        try:
+            url = reverse(f"admin:{op.url_name}")
+        except NoReverseMatch:
+            # Registered after the URLconf was loaded (a ready() that ran late): skip the link
+            # rather than break the index.
+            log.warning("admin operation %s has no URL %s", op.title, op.url_name)
+            continue
+        operations.append({"title": op.title, "url": url, "description": op.description})
+    extra = {"operations": operations, "dashboard_url": reverse("admin:dashboard")}
+    return _site_index(request, {**extra, **(extra_context or {})})
 
 
 admin.site.get_urls = _get_urls

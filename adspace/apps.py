@@ -17,3 +17,7 @@ class AdspaceConfig(AppConfig):
         # The API key tab lives in accounts, which must not import adspace.
         apikeys.set_campaign_lister(api.seller_campaigns)
         workers.register_task("creditor", credit.credit_all)
+
+        from . import admin_pages
+
+        admin_pages.register_admin()

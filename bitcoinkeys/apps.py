@@ -24,3 +24,7 @@ class BitcoinkeysConfig(AppConfig):
         from .withdrawals import ready_withdrawals
 
         ready_withdrawals()
+
+        from . import admin_pages
+
+        admin_pages.register_admin()
