@@ -20,6 +20,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import TooManyFieldsSent
 from django.http import HttpRequest, HttpResponse, HttpResponseNotModified
@@ -40,7 +41,6 @@ from . import gateway, pricing, services, serving
 log = logging.getLogger(__name__)
 
 # The original's allowance: a client that stores the answer needs one request per slot.
-REQUESTS_PER_SLOT = 50
 # With no ad the price falls every second and a sale can come at any moment: ask again soon.
 NO_AD_MAX_AGE = 60
 # Public embeds may sit in shared caches; an ad taken down still leaves them within the hour.
@@ -243,6 +243,8 @@ def _within_slot_allowance(key: str, owner: str, n: int, slot: int, ttl: int) ->
     Keyed by the slot index, so the count starts again with the next slot; the key is hashed so
     the cache never holds it. cache.add then incr, as in accounts.ratelimit.
     """
+    if not settings.API_REQUESTS_PER_SLOT:
+        return True  # no limit configured
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     name = f"adapi:{digest}:{owner}:{n}:{slot}"
     cache.add(name, 0, timeout=ttl)
@@ -251,7 +253,7 @@ def _within_slot_allowance(key: str, owner: str, n: int, slot: int, ttl: int) ->
     except ValueError:  # evicted between add and incr
         cache.add(name, 1, timeout=ttl)
         count = 1
-    return count <= REQUESTS_PER_SLOT
+    return count <= settings.API_REQUESTS_PER_SLOT
 
 
 @_api_view
@@ -279,7 +281,7 @@ def current_ad(request: HttpRequest, user: str, n: str) -> HttpResponse:
     if not _within_slot_allowance(key or "", owner, index, answer.index, max_age + 60):
         return _error(
             429,
-            TOO_MANY.format(limit=REQUESTS_PER_SLOT),
+            TOO_MANY.format(limit=settings.API_REQUESTS_PER_SLOT),
             {"Retry-After": str(max_age)},
         )
     slot = answer.slot
