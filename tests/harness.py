@@ -93,6 +93,21 @@ class FaultAt(Hook):
             raise InjectedError(f"{op} {key} applied but reported as failed")
 
 
+class FinishedBehindOurBack(Hook):
+    """The first replace of `key` lands; recovery then finishes whatever it started, past the
+    lease; only then is the write reported as failed. The caller must not act on it again."""
+
+    def __init__(self, world: World, key: str, recover: Callable[[Store, FixedClock], Any]):
+        self.world, self.key, self.recover, self.fired = world, key, recover, False
+
+    def after(self, op: str, key: str) -> None:
+        if op == "replace" and key == self.key and not self.fired:
+            self.fired = True
+            pass_lease(self.world.clock)
+            self.recover(self.world.store, self.world.clock)
+            raise InjectedError("the write landed but the answer was lost")
+
+
 def new_world(scenario: Scenario, make_store: Callable[[], Store]) -> World:
     store, clock = make_store(), FixedClock(T0)
     return World(store, clock, scenario.setup(store, clock))
@@ -229,9 +244,7 @@ def run_lease_matrix(
                 assert pause.paused, f"{scenario.name}: owner never reached call {k}"
                 hooked = HookedStore(world.store, FaultAt(j if j < rival_calls else None))
                 world.outcomes.append(
-                    run_guarded(
-                        scenario, lambda w=world, h=hooked, r=rival: r(h, w.clock, w.ctx)
-                    )
+                    run_guarded(scenario, lambda w=world, h=hooked, r=rival: r(h, w.clock, w.ctx))
                 )
                 if not g.dead:
                     g.switch()  # the owner wakes up late and carries on

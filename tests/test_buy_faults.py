@@ -10,13 +10,13 @@ from accounts.recovery import run_recovery
 from adspace import buy, gateway
 from docstore import FixedClock
 from docstore.backends.memory import MemoryStore
-from docstore.faults import Hook, HookedStore
+from docstore.faults import HookedStore
 from tests.harness import (
+    FinishedBehindOurBack,
     InjectedError,
     Scenario,
     World,
     new_world,
-    pass_lease,
     run_crash_points,
     run_lease_matrix,
     run_swarm,
@@ -108,23 +108,9 @@ def test_harness_catches_a_buy_that_debits_before_the_slot_is_won(make_world_sto
     raise AssertionError("the harness did not notice a loser being charged")
 
 
-class LockFinishedBehindOurBack(Hook):
-    """bob's lock write lands, recovery finishes that whole sale, then the write reports failure."""
-
-    def __init__(self, world: World):
-        self.world, self.fired = world, False
-
-    def after(self, op: str, key: str) -> None:
-        if op == "replace" and key == "account::bob" and not self.fired:
-            self.fired = True
-            pass_lease(self.world.clock)
-            run_recovery(self.world.store, self.world.clock)
-            raise InjectedError("the lock was taken but the answer was lost")
-
-
 def test_a_lock_finished_while_its_write_looked_failed_is_not_charged_twice(make_world_store):
     world = new_world(SCENARIO, make_world_store)
-    hooked = HookedStore(world.store, LockFinishedBehindOurBack(world))
+    hooked = HookedStore(world.store, FinishedBehindOurBack(world, "account::bob", run_recovery))
     with pytest.raises(InjectedError):
         bob_buys(hooked, world.clock, world.ctx)
     check(world)

@@ -17,13 +17,13 @@ from bitcoinkeys.chain import Payment
 from bitcoinkeys.gateway import deposit_key, watchcursor_key
 from docstore import NotFound
 from docstore.backends.memory import MemoryStore
-from docstore.faults import Hook, HookedStore
+from docstore.faults import HookedStore
 from tests.harness import (
+    FinishedBehindOurBack,
     InjectedError,
     Scenario,
     World,
     new_world,
-    pass_lease,
     run_crash_points,
     run_lease_matrix,
     run_swarm,
@@ -198,25 +198,10 @@ def test_crediting_survives_the_lease_matrix(make_world_store):
     assert run_lease_matrix(RACE, make_world_store, rivals) > 50
 
 
-class FinishedBehindOurBack(Hook):
-    """Lets the first lock write on alice's account land, has recovery finish that lock, and
-    only then reports the write as failed: take_lock must not take it again with its token."""
-
-    def __init__(self, world: World):
-        self.world, self.fired = world, False
-
-    def after(self, op: str, key: str) -> None:
-        if op == "replace" and key == "account::alice" and not self.fired:
-            self.fired = True
-            pass_lease(self.world.clock)
-            recover(self.world.store, self.world.clock)
-            raise InjectedError("the lock was taken but the answer was lost")
-
-
 def test_a_lock_finished_while_its_write_looked_failed_is_not_credited_again(make_world_store):
     world = new_world(WIDE, make_world_store)
     world.ctx["chain"].height = 2
-    hooked = HookedStore(world.store, FinishedBehindOurBack(world))
+    hooked = HookedStore(world.store, FinishedBehindOurBack(world, "account::alice", recover))
     # The pass cannot know whether its lock landed: it stops with an unknown outcome...
     with pytest.raises(InjectedError):
         watcher(hooked, world.clock, world.ctx)
