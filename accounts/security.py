@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import functools
 
+from django.http import HttpResponseNotAllowed
+
+# The site's pages and API use only these; anything else is refused before a view runs, so no
+# view can mistake a PUT for a GET (or, like Django's form views, for a POST).
+ALLOWED_METHODS = ("GET", "HEAD", "POST", "OPTIONS")
+
 POLICY = "; ".join(
     [
         "default-src 'self'",
@@ -26,6 +32,17 @@ POLICY = "; ".join(
 # Django's own admin templates still use a few inline style attributes; scripts stay strict there.
 ADMIN_POLICY = POLICY.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
 FRAMEABLE_POLICY = POLICY.replace("frame-ancestors 'none'", "frame-ancestors *")
+
+
+class AllowedMethodsMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        # The JSON API answers wrong methods itself, with a JSON body.
+        if request.method not in ALLOWED_METHODS and not request.path.startswith("/api/"):
+            return HttpResponseNotAllowed(ALLOWED_METHODS)
+        return self.get_response(request)
 
 
 class ContentSecurityPolicyMiddleware:

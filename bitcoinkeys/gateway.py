@@ -115,3 +115,8 @@ def new_deposit(username: str, now: int, s: int, y: int) -> dict:
         "set": s,
         "page": y,
     }
+
+
+def withdrawsubmit_key(username: str, submission: str) -> str:
+    """A withdraw form's one-time token, claimed by insert: a form submitted twice queues once."""
+    return f"withdrawsubmit::{username}::{submission}"

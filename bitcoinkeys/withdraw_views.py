@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 from datetime import UTC, datetime
 
 from django import forms
@@ -76,9 +77,16 @@ class WithdrawForm(forms.Form):
         ),
     )
 
+    # A one-time token per form shown: the same form submitted twice queues one withdrawal.
+    submission = forms.RegexField(
+        regex=r"\A[0-9a-f]{32}\Z", required=False, widget=forms.HiddenInput
+    )
+
     def __init__(self, *args, balance: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.balance = balance
+        if not self.is_bound and not self.initial.get("submission"):
+            self.initial["submission"] = secrets.token_hex(16)
         # Read per form, not at import, so a changed setting applies without a restart of tests.
         self.fields["amount"].min_sats = settings.MIN_WITHDRAWAL_SATS
 
@@ -181,7 +189,11 @@ def withdraw(request: HttpRequest) -> HttpResponse:
     action = request.POST.get("action", "withdraw")
     if action == "max":
         # Fill in, do not send: the person sees the amount, fee and total and confirms.
-        initial = {"amount": w.max_withdrawal(balance), "address": request.POST.get("address", "")}
+        initial = {
+            "amount": w.max_withdrawal(balance),
+            "address": request.POST.get("address", ""),
+            "submission": request.POST.get("submission", ""),
+        }
         return _page(request, WithdrawForm(initial=initial, balance=balance), balance)
     form = WithdrawForm(request.POST, balance=balance)
     valid = form.is_valid()
@@ -190,8 +202,12 @@ def withdraw(request: HttpRequest) -> HttpResponse:
     if not valid:
         return _page(request, form, balance, 400)
     amount, address = form.cleaned_data["amount"], form.cleaned_data["address"]
+    submission = form.cleaned_data.get("submission") or None
     try:
-        i = w.request_withdrawal(store, clock, username, amount, address)
+        i = w.request_withdrawal(store, clock, username, amount, address, submission)
+    except w.AlreadySubmitted as exc:
+        messages.info(request, str(exc))
+        return redirect("withdraw")
     except locks.InsufficientFunds as exc:
         form.add_error("amount", most_you_can_withdraw(exc.balance))
         return _page(request, form, exc.balance, 400)

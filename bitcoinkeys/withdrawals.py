@@ -54,7 +54,13 @@ from docstore import AlreadyExists, Ambiguous, CasMismatch, Clock, Doc, NotFound
 
 from .addresses import AddressError, validate_address
 from .chain import ChainError, ChainUnavailable
-from .gateway import WITHDRAWDIR, withdraw_key, withdrawcount_key, withdrawdir_key
+from .gateway import (
+    WITHDRAWDIR,
+    withdraw_key,
+    withdrawcount_key,
+    withdrawdir_key,
+    withdrawsubmit_key,
+)
 
 log = logging.getLogger("bitcoinkeys.withdrawals")
 
@@ -165,8 +171,17 @@ def _cannot_cancel(req: dict) -> str:
 # --- the hold ----------------------------------------------------------------------------------
 
 
+class AlreadySubmitted(WithdrawError):
+    message = "This withdrawal form was already submitted; your request is listed below."
+
+
 def request_withdrawal(
-    store: Store, clock: Clock, username: str, amount_sats: int, address: str
+    store: Store,
+    clock: Clock,
+    username: str,
+    amount_sats: int,
+    address: str,
+    submission: str | None = None,
 ) -> int:
     """Queue a payout of `amount_sats` to `address`, holding amount + fee at once. Returns i.
 
@@ -186,6 +201,13 @@ def request_withdrawal(
         raise BadAddress(sentence(str(exc))) from None
     fee = withdrawal_fee(amount_sats)
     _precheck(store, clock, username, amount_sats + fee)
+    if submission:
+        # The form's one-time token, claimed before anything else: a replayed or double-clicked
+        # form finds it taken and queues nothing. A claim left by a crash costs nothing.
+        try:
+            store.insert(withdrawsubmit_key(username, submission), {"at": clock.now()})
+        except AlreadyExists:
+            raise AlreadySubmitted(AlreadySubmitted.message) from None
     i = store.counter(withdrawcount_key(username), 1, initial=0)
     g = store.counter(WITHDRAWDIR, 1, initial=0)
     store.insert(withdrawdir_key(g), {"username": username, "i": i, "at": clock.now()})

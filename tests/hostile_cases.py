@@ -13,16 +13,19 @@ import threading
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from typing import Any
 
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.http import HttpResponse
 from django.test import Client
+from django.test.client import ClientHandler
 from PIL import Image
 
+import docstore
 from docstore import Store
-from docstore.faults import Hook
+from docstore.faults import Hook, HookedStore
 
 # --- payloads -----------------------------------------------------------------------------------
 
@@ -34,8 +37,8 @@ XSS_IMG = '"><img src=x onerror=alert(1)>'
 SVG = "<svg onload=alert(1)>"
 TEMPLATE = "{{ settings.SECRET_KEY }}"
 DEBUG_TAG = "{% debug %}"
-CYRILLIC_SELLER = "s\u0435ller"  # the 'е' is Cyrillic
-FULLWIDTH_300 = "\uff13\uff10\uff10"  # "３００"
+CYRILLIC_SELLER = "s\u0435ller"  # "seller" with a Cyrillic small ie for the e
+FULLWIDTH_300 = "\uff13\uff10\uff10"  # 300 in full-width digits
 HUGE_INT = "9" * 30
 
 # What must never reach an HTML page verbatim (escaped, it is harmless text).
@@ -73,6 +76,18 @@ def upload(data: bytes, name: str = "ad.png", content_type: str = "image/png"):
 # --- the world ----------------------------------------------------------------------------------
 
 
+_handlers: dict[bool, ClientHandler] = {}
+
+
+def _handler(enforce_csrf_checks: bool) -> ClientHandler:
+    """One handler per CSRF mode for every client here: a new one loads the middleware again,
+    and WhiteNoise's (serving through the finders in tests) walks every static file each time.
+    Handlers keep no per-request state, so threads may share one, as under a WSGI server."""
+    if enforce_csrf_checks not in _handlers:
+        _handlers[enforce_csrf_checks] = ClientHandler(enforce_csrf_checks)
+    return _handlers[enforce_csrf_checks]
+
+
 @dataclass
 class World:
     store: Store
@@ -83,9 +98,11 @@ class World:
     outsider_withdrawal: int  # a queued withdrawal of the outsider's
     buyer_address: str
     keys: dict[str, str] = field(default_factory=dict)  # API keys by username
+    image: str = ""  # sha256 of the one stored ad image (a PNG)
 
     def client(self, actor: str | None, csrf: bool = False) -> Client:
         client = Client(enforce_csrf_checks=csrf)
+        client.handler = _handler(csrf)
         if actor is not None:
             client.force_login(self.users[actor])
         return client
@@ -113,14 +130,12 @@ def exchange(
     client: Client,
     method: str,
     path: str,
-    data: dict | None = None,
+    data: dict | str | bytes | None = None,
     follow: bool = True,
     **extra: Any,
 ) -> Exchange:
     call = getattr(client, method.lower())
-    if method.upper() == "GET":
-        response = call(path, data or {}, **extra)
-    elif method.upper() == "POST":
+    if method.upper() in ("GET", "POST"):
         response = call(path, data or {}, **extra)
     else:
         response = call(path, **extra)
@@ -133,26 +148,64 @@ def exchange(
 def request(
     method: str,
     path: str | Callable[[World], str],
-    data: dict[str, Value] | None = None,
+    data: dict[str, Value] | str | bytes | None = None,
     *,
     as_: str | None = "buyer",
     csrf: bool = False,
     times: int = 1,
     follow: bool = True,
+    form_from: str | None = None,
     **extra: Any,
 ) -> Send:
-    """One request (or `times` identical ones in a row, as a replay) by the actor `as_`."""
+    """One request (or `times` identical ones in a row, as a replay) by the actor `as_`.
+
+    With `form_from`, the page there is read first and the hidden fields of its form for this
+    URL are sent too, as a browser would (a one-time token, if the form ever carries one).
+    """
 
     def send(world: World) -> list[Exchange]:
         client = world.client(as_, csrf=csrf)
         url = _resolve(path, world)
+        hidden = _hidden_fields(client, form_from, url)
         out = []
         for _ in range(times):
-            form = {k: _resolve(v, world) for k, v in (data or {}).items()}
+            if isinstance(data, str | bytes):
+                form = data  # a raw body, sent with the case's own content_type
+            else:
+                form = {**hidden, **{k: _resolve(v, world) for k, v in (data or {}).items()}}
             out.append(exchange(client, method, url, form, follow=follow, **extra))
         return out
 
     return send
+
+
+class _HiddenFields(HTMLParser):
+    def __init__(self, action: str):
+        super().__init__()
+        self.action, self.inside, self.fields = action, False, {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "form":
+            self.inside = a.get("action") == self.action
+        elif tag == "input" and self.inside and a.get("type") == "hidden":
+            name = a.get("name")
+            if name and name != "csrfmiddlewaretoken":
+                self.fields[name] = a.get("value") or ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self.inside = False
+
+
+def _hidden_fields(client: Client, page: str | None, action: str) -> dict[str, str]:
+    if page is None:
+        return {}
+    response = client.get(page)
+    assert response.status_code == 200, f"{page}: {response.status_code}"
+    parser = _HiddenFields(action)
+    parser.feed(response.content.decode())
+    return parser.fields
 
 
 def get(path, data=None, **kw) -> Send:
@@ -170,21 +223,26 @@ def at_once(
     as_: str = "buyer",
     copies: int = 2,
     hook: Callable[[], Hook] | None = None,
+    form_from: str | None = None,
 ) -> Send:
-    """The same POST from `copies` sessions of one user, started together on real threads.
+    """The same POST, `copies` times at once on real threads: one session (two tabs, or a
+    double click), each tab with its own cookie jar so each keeps its own messages.
 
     `hook` (made per send) may order the threads' docstore calls, so the race is decided by
-    the schedule the case names rather than by scheduling luck.
+    the schedule the case names rather than by scheduling luck. `form_from` as for `request`.
     """
 
     def send(world: World) -> list[Exchange]:
-        import docstore
-        from docstore.faults import HookedStore
-
-        # One session per thread (two devices of one user): each keeps its own messages cookie.
-        clients = [world.client(as_) for _ in range(copies)]
+        first = world.client(as_)
+        clients = [first]
+        for _ in range(copies - 1):
+            tab = Client()
+            tab.handler = _handler(False)
+            tab.cookies.load({name: morsel.value for name, morsel in first.cookies.items()})
+            clients.append(tab)
         url = _resolve(path, world)
-        forms = [{k: _resolve(v, world) for k, v in data.items()} for _ in clients]
+        hidden = _hidden_fields(first, form_from, url)
+        forms = [{**hidden, **{k: _resolve(v, world) for k, v in data.items()}} for _ in clients]
         start = threading.Barrier(copies)
         if hook is not None:
             docstore.set_store(HookedStore(world.store, hook()))
@@ -214,7 +272,9 @@ def at_once(
             docstore.set_store(world.store)
         if errors:
             raise errors[0]
+        assert not any(t.is_alive() for t in threads), "a request never finished"
         out = [r for r in results if r is not None]
+        assert len(out) == copies
         # The pages the redirects lead to, read afterwards: each carries its own message.
         for ex, client in zip(out, clients, strict=True):
             if ex.response.status_code in (301, 302, 303):
@@ -232,7 +292,7 @@ class Overlap(Hook):
     then the second to pass waits before `hold` until the first has done `release` `times`
     times. A thread that never reaches a point is not waited for past the timeout."""
 
-    TIMEOUT = 10
+    TIMEOUT = 5
 
     def __init__(self, meet: Call, hold: Call, release: Call, times: int = 1):
         self.meet, self.hold, self.release, self.times = meet, hold, release, times
@@ -258,13 +318,30 @@ class Overlap(Hook):
                 self.released.set()
 
 
-def then(*sends: Send) -> Send:
-    """Several requests in a row (a form step, then its confirmation)."""
+class QuietChain:
+    """A node that answers and has seen no payments, so "check now" gets as far as asking."""
 
-    def send(world: World) -> list[Exchange]:
-        return [ex for s in sends for ex in s(world)]
+    available = True
+    name = "quiet"
 
-    return send
+    def payments_for(self, address: str) -> list:
+        return []
+
+    def payments_since(self, cursor: Any, confirmations: int = 1) -> tuple[list, Any]:
+        return [], cursor
+
+
+def with_chain(send: Send) -> Send:
+    def run(world: World) -> list[Exchange]:
+        from bitcoinkeys.chain import set_chain
+
+        set_chain(QuietChain())
+        try:
+            return send(world)
+        finally:
+            set_chain(None)
+
+    return run
 
 
 def changed_keys(before: dict, after: dict) -> set[str]:

@@ -30,3 +30,10 @@ def test_only_the_embed_may_be_framed_by_other_sites(client, campaign):
 def test_admin_keeps_scripts_strict(admin_client):
     policy = admin_client.get("/admin/")["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "script-src 'self' 'unsafe-inline'" not in policy
+
+
+@pytest.mark.parametrize("verb", ["put", "delete", "patch"])
+def test_verbs_no_page_uses_are_refused_before_any_view(client, db, verb):
+    response = getattr(client, verb)("/accounts/register/")
+    assert response.status_code == 405
+    assert "POST" in response["Allow"]

@@ -269,3 +269,18 @@ def test_cancel_takes_post_only(alice_client, store):
 def test_cancel_requires_login(client):
     response = client.post("/account/withdraw/0/cancel/")
     assert response.status_code == 302 and "/accounts/login/" in response.url
+
+
+def test_the_same_form_submitted_twice_queues_one_withdrawal(client, store, buyer):
+    import re as _re
+
+    client.force_login(buyer)
+    page = client.get("/account/withdraw/").content.decode()
+    token = _re.search(r'name="submission" value="([0-9a-f]{32})"', page).group(1)
+    form = {"amount": "0.03", "address": "bcrt1qcwt06jpdw6lz27evpt668nhdj0h42h5hqvfkqv",
+            "submission": token}  # fmt: skip
+    first = client.post("/account/withdraw/", form, follow=True)
+    second = client.post("/account/withdraw/", form, follow=True)
+    assert "queued" in first.content.decode()
+    assert "already submitted" in second.content.decode()
+    assert [k for k in store.dump() if k.startswith("withdraw::buyer::")] == ["withdraw::buyer::0"]
