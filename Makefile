@@ -36,3 +36,7 @@ clean:
 
 bench:
 	bench/run $(BENCH_ARGS)
+	.venv/bin/python bench/keys_and_deposits.py
+
+soak:
+	bench/soak $(SOAK_ARGS)

@@ -70,8 +70,9 @@ KEYPOOL = {"KEYPOOL_SETS": "4", "KEYPOOL_PAGE_SIZE": "5", "KEYPOOL_RANGES_PER_LI
 ADDRESSES_PER_LIST_PAGE = 20  # KEYPOOL_PAGE_SIZE x KEYPOOL_RANGES_PER_LIST_PAGE
 HTTP_TIMEOUT = 30.0
 AD_SIZES = [(120, 60), (300, 50), (64, 64)]
-# HTTP answers a person can act on; anything else (500 above all) is a failure of the soak.
-CLEAR_STATUSES = {200, 301, 302, 303, 304, 400, 403, 404, 405, 409, 413, 429, 503}
+# HTTP answers a person can act on; anything else (500 above all) is a failure of the soak. The
+# soak never sends a bad CSRF token or a wrong method, so 403 and 405 would be failures too.
+CLEAR_STATUSES = {200, 301, 302, 303, 304, 400, 404, 409, 413, 429, 503}
 LEDGER_ROWS_PER_PAGE = 50
 
 
@@ -118,6 +119,19 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
+def proc_state(pid: int) -> str:
+    """R running, D uninterruptible (an fsync: a docstore write under way), S sleeping..."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def busy(pid: int) -> bool:
+    return proc_state(pid) in ("R", "D")
+
+
 def png(width: int, height: int, color: tuple[int, int, int]) -> bytes:
     from PIL import Image
 
@@ -152,6 +166,19 @@ class Stats:
         self.chain: Counter = Counter()
         self.unknown: Counter = Counter()
         self.internal: list[str] = []  # exceptions inside the soak itself
+        self.inflight = 0  # money POSTs sent and not yet answered: a kill now may hit one
+        self.journal = None  # soak.log in the work directory: one line per event
+
+    def note(self, text: str) -> None:
+        stamp = time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
+        with self.lock:
+            if self.journal is not None:
+                self.journal.write(f"{stamp} {text}\n")
+                self.journal.flush()
+
+    def posting(self, delta: int) -> None:
+        with self.lock:
+            self.inflight += delta
 
     def problem(self, text: str) -> None:
         with self.lock:
@@ -179,17 +206,20 @@ class Stats:
             if timed_out:
                 self.timeouts += 1
 
-    def op(self, kind: str, outcome: str) -> None:
+    def op(self, kind: str, outcome: str, who: str = "", detail: str = "") -> None:
         with self.lock:
             self.ops[kind][outcome] += 1
+        self.note(f"{who or '-'} {kind}: {outcome} {detail}".rstrip())
 
-    def fault(self, name: str, n: int = 1) -> None:
+    def fault(self, name: str, n: int = 1, detail: str = "") -> None:
         with self.lock:
             self.faults[name] += n
+        self.note(f"FAULT {name} {detail}".rstrip())
 
-    def chain_event(self, name: str, n: int = 1) -> None:
+    def chain_event(self, name: str, n: int = 1, detail: str = "") -> None:
         with self.lock:
             self.chain[name] += n
+        self.note(f"CHAIN {name} {detail}".rstrip())
 
 
 # --- HTTP: one cookie jar per user -----------------------------------------------------------------
@@ -238,6 +268,7 @@ class Client:
         path: str,
         fields: dict | list | None = None,
         files: dict[str, tuple[str, str, bytes]] | None = None,
+        money: bool = False,
     ) -> Response:
         headers = {"Host": f"127.0.0.1:{self.port}", "Connection": "close", "User-Agent": "soak"}
         if self.cookies:
@@ -254,6 +285,8 @@ class Client:
                 body = urllib.parse.urlencode(fields or {}).encode()
                 headers["Content-Type"] = "application/x-www-form-urlencoded"
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=HTTP_TIMEOUT)
+        if money:
+            self.stats.posting(1)
         try:
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
@@ -266,6 +299,8 @@ class Client:
             raise Lost(f"{method} {path}: {exc!r}") from None
         finally:
             conn.close()
+            if money:
+                self.stats.posting(-1)
         self._update_cookies(resp.headers.get_all("Set-Cookie") or [])
         self.stats.status(method, path, resp.status, self.who)
         return Response(resp.status, resp.headers.get("Location") or "", text)
@@ -273,10 +308,11 @@ class Client:
     def get(self, path: str) -> Response:
         return self.request("GET", path)
 
-    def post(self, path: str, fields=None, files=None) -> Response:
+    def post(self, path: str, fields=None, files=None, money: bool = False) -> Response:
+        """A form POST; `money`: it runs a money or key-pool protocol (kills aim at those)."""
         if "csrftoken" not in self.cookies:
             self.get("/accounts/login/")
-        return self.request("POST", path, fields, files)
+        return self.request("POST", path, fields, files, money)
 
 
 def multipart(boundary: str, fields: dict, files: dict[str, tuple[str, str, bytes]]) -> bytes:
@@ -327,20 +363,43 @@ def header_balance(text: str) -> int | None:
 
 
 class SoakNode(FakeBitcoind):
-    """The test bitcoind, plus a hook on sendtoaddress: after applying a send it can hold the
-    answer back for a moment (so a processor killed then dies mid-payout) and says it sent."""
+    """The test bitcoind, plus hooks on sendtoaddress for killing the processor mid-payout.
+
+    `sent_event` is set when a send reaches the node. With `send_hold`, the answer is held back
+    for that long after the send was applied (a processor killed meanwhile died after the money
+    left); with `abort_next_send`, the next send is held and then NOT applied (a processor killed
+    meanwhile died before the money left, as if the request had never gone out). `drop_sends`
+    sends are applied and then answered by closing the connection (the answer is lost).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.send_hold = 0.0
+        self.abort_next_send = False
+        self.drop_sends = 0
         self.sent_event = threading.Event()
+        # A processor killed mid-call resets its connection; that is the point, not news.
+        self.server.handle_error = lambda request, client_address: None
 
     def handle(self, path: str, body: bytes) -> tuple[int, dict]:
-        status, payload = super().handle(path, body)
         try:
             method = json.loads(body).get("method")
         except (ValueError, AttributeError):
             method = None
+        if method == "sendtoaddress":
+            with self.lock:
+                abort, self.abort_next_send = self.abort_next_send, False
+                if self.drop_sends > 0:
+                    self.drop_sends -= 1
+                    self.drop_after.add(method)  # do_POST checks this after handle() returns
+                else:
+                    self.drop_after.discard(method)
+            if abort:
+                self.sent_event.set()
+                self._stopping.wait(max(self.send_hold, 0.5))
+                error = {"code": -1, "message": "soak: the sender died before this arrived"}
+                return 500, {"result": None, "error": error, "id": None}
+        status, payload = super().handle(path, body)
         if method == "sendtoaddress" and status == 200:
             self.sent_event.set()
             if self.send_hold:
@@ -392,7 +451,7 @@ class Chain:
         with self.lock:
             old.state = "replaced"
             self.payments[new] = Payment(new, old.address, old.user, old.sats)
-        self.stats.chain_event("fee bumps")
+        self.stats.chain_event("fee bumps", detail=f"{old.outpoint} -> {new}")
         return True
 
     def double_spend(self, rng: random.Random) -> bool:
@@ -403,17 +462,15 @@ class Chain:
         self.node.double_spend(victim.outpoint)
         with self.lock:
             victim.state = "double-spent"
-        self.stats.chain_event("double spends")
+        self.stats.chain_event("double spends", detail=victim.outpoint)
         return True
 
     def mine(self, n: int = 1) -> None:
-        with self.node.lock:
+        with self.lock, self.node.lock:  # always this order: soak's lock, then the node's
             self.node.mine(n)
-            with self.lock:
-                for p in self.payments.values():
-                    tx = self.node.txs[p.outpoint.split(":")[0]]
-                    if tx.block is not None:
-                        p.mined = True
+            for p in self.payments.values():
+                if self.node.txs[p.outpoint.split(":")[0]].block is not None:
+                    p.mined = True
         self.stats.chain_event("blocks", n)
 
     def confirmed(self) -> dict[str, Payment]:
@@ -465,6 +522,7 @@ class Unknown:
     fee: int = 0
     i: int = -1
     resolved: str = ""  # "" (still unknown) | happened | not
+    how: str = ""  # how the user learned it: "account page" or "ledger at the end"
     ref: str = ""
     retry_after: float = 0.0
 
@@ -520,6 +578,9 @@ class User:
 
     # -- plumbing --
 
+    def op(self, kind: str, outcome: str, detail: str = "") -> None:
+        self.stats.op(kind, outcome, self.name, detail)
+
     def page(self, path: str, attempts: int = 4) -> Response | None:
         """GET a page as a person reloads it: a lost answer is retried a few times."""
         for attempt in range(attempts):
@@ -551,9 +612,11 @@ class User:
         return page, messages(page.text)
 
     def unknown(self, op: Unknown) -> None:
-        op.retry_after = time.monotonic() + LOCK_LEASE_SECONDS + 1.5
+        if op.retry_after != math.inf:
+            op.retry_after = time.monotonic() + LOCK_LEASE_SECONDS + 1.5
         self.unknowns.append(op)
         self.stats.unknown_outcome(op.kind)
+        self.stats.note(f"{self.name} UNKNOWN {op}")
 
     # -- the loop --
 
@@ -619,16 +682,16 @@ class User:
             resp = self.http.post("/accounts/register/", fields)
         except Lost:
             self.maybe_registered = True
-            self.stats.op("register", "unknown")
+            self.op("register", "unknown")
             return
         if resp.status == 302:
             self.registered = True
-            self.stats.op("register", "ok")
+            self.op("register", "ok")
         elif "already taken" in resp.text:
             self.maybe_registered = True  # an earlier attempt did land
-            self.stats.op("register", "taken (earlier attempt landed)")
+            self.op("register", "taken (earlier attempt landed)")
         else:
-            self.stats.op("register", f"refused {resp.status}")
+            self.op("register", f"refused {resp.status}")
 
     def log_in(self) -> bool:
         self.page("/accounts/login/")
@@ -637,13 +700,13 @@ class User:
                 "/accounts/login/", {"username": self.name, "password": self.password}
             )
         except Lost:
-            self.stats.op("login", "unknown")
+            self.op("login", "unknown")
             return False
         if resp.status == 302:
             self.registered = True
-            self.stats.op("login", "ok")
+            self.op("login", "ok")
             return True
-        self.stats.op("login", f"refused {resp.status}")
+        self.op("login", f"refused {resp.status}")
         self.maybe_registered = resp.status == 429
         return False
 
@@ -661,9 +724,9 @@ class User:
 
     def get_address(self) -> None:
         try:
-            resp = self.http.post("/account/funds/address/")
+            resp = self.http.post("/account/funds/address/", money=True)
         except Lost:
-            self.stats.op("address", "unknown")
+            self.op("address", "unknown")
             page = self.page("/account/funds/")
             if page is not None:
                 self.learn_addresses(page.text)
@@ -672,31 +735,31 @@ class User:
         if page is not None:
             self.learn_addresses(page.text)
         ok = any(m.startswith("Your deposit address is") for m in msgs)
-        self.stats.op("address", "ok" if ok else "refused" if msgs else "unknown")
+        self.op("address", "ok" if ok else "refused" if msgs else "unknown")
 
     def new_address(self) -> None:
         current = self.addresses[-1]
         try:
-            resp = self.http.post("/account/funds/address/new/", {"replacing": current})
+            resp = self.http.post("/account/funds/address/new/", {"replacing": current}, money=True)
         except Lost:
-            self.stats.op("new address", "unknown")
+            self.op("new address", "unknown")
             return
         page, msgs = self.follow(resp)
         if page is not None:
             self.learn_addresses(page.text)
         ok = any(m.startswith("Your deposit address is") for m in msgs)
-        self.stats.op("new address", "ok" if ok else "refused" if msgs else "unknown")
+        self.op("new address", "ok" if ok else "refused" if msgs else "unknown")
 
     def check_now(self) -> None:
         try:
-            resp = self.http.post("/account/funds/check/")
+            resp = self.http.post("/account/funds/check/", money=True)
         except Lost:
-            self.stats.op("check now", "unknown")
+            self.op("check now", "unknown")
             return
         page, _ = self.follow(resp)
         if page is not None:
             self.learn_addresses(page.text)
-        self.stats.op("check now", f"{resp.status}")
+        self.op("check now", f"{resp.status}")
 
     def deposit(self) -> None:
         """Someone pays one of my addresses (mostly the current one, sometimes an old one)."""
@@ -705,10 +768,11 @@ class User:
         old = len(self.addresses) > 1 and self.rng.random() < 0.2
         address = self.rng.choice(self.addresses[:-1]) if old else self.addresses[-1]
         sats = self.rng.randint(MIN_DEPOSIT_SATS, 40_000_000)
-        self.site.chain.pay(self.name, address, sats)
+        outpoint = self.site.chain.pay(self.name, address, sats)
         self.deposits += 1
         self.last_deposit = time.monotonic()
-        self.stats.op("pay my address", "old address" if old else "current address")
+        where = "old address" if old else "current address"
+        self.op("pay my address", where, f"{outpoint} {sats} to {address}")
 
     # -- selling --
 
@@ -724,12 +788,12 @@ class User:
         try:
             resp = self.http.post("/ads/sell-ad-space/", fields)
         except Lost:
-            self.stats.op("create campaign", "unknown")
+            self.op("create campaign", "unknown")
             resp = None
         if resp is not None:
             page, msgs = self.follow(resp)
             ok = any(m.startswith("Campaign #") for m in msgs)
-            self.stats.op("create campaign", "ok" if ok else f"refused {resp.status}")
+            self.op("create campaign", "ok" if ok else f"refused {resp.status}")
         page = self.page("/ads/sell-ad-space/")
         if page is None:
             return
@@ -756,10 +820,10 @@ class User:
         try:
             resp = self.http.post("/account/ads/new/", fields, files)
         except Lost:
-            self.stats.op("upload ad", "unknown")
+            self.op("upload ad", "unknown")
             return
         self.follow(resp)
-        self.stats.op("upload ad", "ok" if resp.status == 302 else f"refused {resp.status}")
+        self.op("upload ad", "ok" if resp.status == 302 else f"refused {resp.status}")
 
     # -- buying --
 
@@ -804,21 +868,23 @@ class User:
         path = f"/ads/buy-ad-space/{owner}/{n}/buy"
         op = Unknown("buy", time.monotonic(), "", owner=owner, n=n, accepted=accepted)
         try:
-            resp = self.http.post(path, {"filler": filler, "accepted_price": str(accepted)})
+            resp = self.http.post(
+                path, {"filler": filler, "accepted_price": str(accepted)}, money=True
+            )
         except Lost as exc:
             op.why = "timed out" if exc.timed_out else "connection lost"
             if exc.timed_out:
                 op.retry_after = math.inf  # may still be running: only the end can tell
             self.unknown(op)
-            self.stats.op("buy", "unknown (answer lost)")
+            self.op("buy", "unknown (answer lost)")
             return
         if resp.status == 503:
             op.why = "503 outcome unknown"
             self.unknown(op)
-            self.stats.op("buy", "unknown (503)")
+            self.op("buy", "unknown (503)")
             return
         if resp.status != 302:
-            self.stats.op("buy", f"refused {resp.status}")
+            self.op("buy", f"refused {resp.status}")
             return
         _, msgs = self.follow(resp)
         for m in msgs:
@@ -826,9 +892,10 @@ class User:
             if won:
                 price = parse_sats(won.group(2))
                 self.buys[f"slot::{owner}::{n}::{won.group(1)}"] = price
+                detail = f"slot::{owner}::{n}::{won.group(1)} for {price} (accepted {accepted})"
                 if price > accepted:
                     self.stats.problem(f"{self.name} charged {price} > accepted {accepted}")
-                self.stats.op("buy", "won")
+                self.op("buy", "won", detail)
                 return
         text = " ".join(msgs)
         for needle, outcome in (
@@ -838,11 +905,11 @@ class User:
             ("Another operation on your account", "account busy"),
         ):
             if needle in text:
-                self.stats.op("buy", outcome)
+                self.op("buy", outcome, f"{owner}/{n} at {accepted}")
                 return
         op.why = "no message shown"
         self.unknown(op)
-        self.stats.op("buy", "unknown (no message)")
+        self.op("buy", "unknown (no message)")
 
     # -- withdrawing --
 
@@ -862,22 +929,22 @@ class User:
         fields = {"amount": btc(amount), "address": self.payout_address, "action": "withdraw"}
         op = Unknown("withdraw", time.monotonic(), "", amount=amount, fee=fee)
         try:
-            resp = self.http.post("/account/withdraw/", fields)
+            resp = self.http.post("/account/withdraw/", fields, money=True)
         except Lost as exc:
             op.why = "timed out" if exc.timed_out else "connection lost"
             if exc.timed_out:
                 op.retry_after = math.inf
             self.unknown(op)
-            self.stats.op("withdraw", "unknown (answer lost)")
+            self.op("withdraw", "unknown (answer lost)")
             return
         if resp.status == 503:
             op.why = "503 outcome unknown"
             self.unknown(op)
-            self.stats.op("withdraw", "unknown (503)")
+            self.op("withdraw", "unknown (503)")
             return
         if resp.status != 302:
             self.seen(resp)
-            self.stats.op("withdraw", f"refused {resp.status}")
+            self.op("withdraw", f"refused {resp.status}")
             return
         _, msgs = self.follow(resp)
         for m in msgs:
@@ -889,11 +956,11 @@ class User:
                 if got != (amount, fee):
                     self.stats.problem(f"{self.name} withdrawal {got} != asked {amount}")
                 self.withdrawals[int(queued.group(1))] = got
-                self.stats.op("withdraw", "queued")
+                self.op("withdraw", "queued", f"#{queued.group(1)} {got}")
                 return
         op.why = "no message shown"
         self.unknown(op)
-        self.stats.op("withdraw", "unknown (no message)")
+        self.op("withdraw", "unknown (no message)")
 
     def cancel(self) -> None:
         page = self.page("/account/withdraw/")
@@ -906,35 +973,35 @@ class User:
         self.cancel_tried.add(i)
         op = Unknown("cancel", time.monotonic(), "", i=i)
         try:
-            resp = self.http.post(f"/account/withdraw/{i}/cancel/")
+            resp = self.http.post(f"/account/withdraw/{i}/cancel/", money=True)
         except Lost as exc:
             op.why = "timed out" if exc.timed_out else "connection lost"
             if exc.timed_out:
                 op.retry_after = math.inf
             self.unknown(op)
-            self.stats.op("cancel", "unknown (answer lost)")
+            self.op("cancel", "unknown (answer lost)")
             return
         if resp.status == 503:
             op.why = "503 outcome unknown"
             self.unknown(op)
-            self.stats.op("cancel", "unknown (503)")
+            self.op("cancel", "unknown (503)")
             return
         if resp.status != 302:
-            self.stats.op("cancel", f"refused {resp.status}")
+            self.op("cancel", f"refused {resp.status}")
             return
         _, msgs = self.follow(resp)
         for m in msgs:
             done = re.search(r"Withdrawal #(\d+) cancelled; (\d+\.\d{8}) BTC went back", m)
             if done:
                 self.cancels[int(done.group(1))] = parse_sats(done.group(2))
-                self.stats.op("cancel", "cancelled")
+                self.op("cancel", "cancelled", f"#{i}")
                 return
         if msgs:
-            self.stats.op("cancel", "refused (too late or busy)")
+            self.op("cancel", "refused (too late or busy)")
             return
         op.why = "no message shown"
         self.unknown(op)
-        self.stats.op("cancel", "unknown (no message)")
+        self.op("cancel", "unknown (no message)")
 
     # -- looking around --
 
@@ -954,7 +1021,7 @@ class User:
             picked = self.pick_campaign()
             path = f"/ads/buy-ad-space/{picked[0]}/{picked[1]}" if picked else "/account/funds/"
         resp = self.page(path, attempts=1)
-        self.stats.op("view page", "ok" if resp is not None else "lost")
+        self.op("view page", "ok" if resp is not None else "lost")
 
     # -- learning what happened to an unknown outcome, as a person would --
 
@@ -988,15 +1055,15 @@ class User:
                 if match:
                     break
             if match:
-                op.resolved, op.ref = "happened", match
+                op.resolved, op.ref, op.how = "happened", match, "account page"
                 claimed.add(match)
-                self.stats.op("re-read account", f"{op.kind} had happened")
+                self.op("re-read account", f"{op.kind} had happened", match)
             elif covers:
-                op.resolved = "not"
-                self.stats.op("re-read account", f"{op.kind} had not happened")
+                op.resolved, op.how = "not", "account page"
+                self.op("re-read account", f"{op.kind} had not happened")
             else:
                 op.retry_after = math.inf  # too many newer entries: the end reconciles it
-                self.stats.op("re-read account", f"{op.kind} left to the end")
+                self.op("re-read account", f"{op.kind} left to the end")
 
     def final_read(self) -> None:
         page = self.page("/account/", attempts=6)
@@ -1011,22 +1078,6 @@ class User:
 
 
 # --- processes -------------------------------------------------------------------------------------
-
-PROCESSOR_SHIM = """
-import sys
-import django
-django.setup()
-from bitcoinkeys import withdrawals
-# The soak shortens the processor lease (LEASE_SECONDS in the code) so that a processor it killed
-# mid-payout blocks the next one for seconds rather than minutes; everything else is the command.
-defaults = withdrawals.process.__kwdefaults__ or {}
-if "lease_seconds" in defaults:
-    defaults["lease_seconds"] = int(sys.argv[1])
-else:
-    print("soak: cannot shorten the processor lease; running with the code's own", flush=True)
-from django.core.management import execute_from_command_line
-execute_from_command_line(["manage.py", "process_withdrawals", "--execute", "--yes"])
-"""
 
 DUMP = r"""
 import json
@@ -1141,20 +1192,40 @@ class Processes:
     def web_workers(self) -> list[int]:
         return children(self.gunicorn.pid) if self.gunicorn else []
 
-    def kill_web_worker(self, rng: random.Random) -> bool:
+    def kill_web_worker(self, rng: random.Random, aim: float = 0.0) -> str:
+        """SIGKILL a gunicorn worker; with `aim`, wait up to that long for one that is busy
+        while a POST is in flight, so the kill lands inside a request."""
         pids = self.web_workers()
         if not pids:
-            return False
+            return ""
+        victim, how = rng.choice(pids), "unaimed"
+        deadline = time.monotonic() + aim
+        while time.monotonic() < deadline:
+            if self.stats.inflight:
+                # Best: a worker inside a write (fsync) while a money POST is being served.
+                writing = [p for p in pids if proc_state(p) == "D"]
+                if writing:
+                    victim, how = rng.choice(writing), "mid-write"
+                    break
+                working = [p for p in pids if proc_state(p) == "R"]
+                if working:
+                    victim, how = rng.choice(working), "busy"
+            time.sleep(0.001)
         try:
-            os.kill(rng.choice(pids), signal.SIGKILL)
+            os.kill(victim, signal.SIGKILL)
         except ProcessLookupError:
-            return False
-        return True
+            return ""
+        self.stats.note(f"FAULT SIGKILL gunicorn worker pid {victim} ({how})")
+        return how
 
-    def kill_worker(self) -> bool:
+    def kill_worker(self, aim: float = 0.0) -> bool:
+        """SIGKILL run_workers; with `aim`, wait up to that long for it to be mid-pass."""
         with self.worker_lock:
             if self.worker is None or self.worker.poll() is not None:
                 return False
+            deadline = time.monotonic() + aim
+            while time.monotonic() < deadline and proc_state(self.worker.pid) != "D":
+                time.sleep(0.001)
             self.worker.kill()
             self.worker.wait(timeout=10)
             return True
@@ -1164,16 +1235,16 @@ class Processes:
     ) -> str:
         """One `process_withdrawals --execute --yes`; with `kill_on_send`, SIGKILL it as soon as
         the node has applied a send (while the node holds the answer back)."""
-        if lease:
-            cmd = [PY, "-c", PROCESSOR_SHIM, str(lease)]
-        else:
-            cmd = [PY, "manage.py", "process_withdrawals", "--execute", "--yes"]
+        # The lease is a setting: short here, so a processor the soak killed mid-payout blocks
+        # the next one for seconds rather than minutes.
+        cmd = [PY, "manage.py", "process_withdrawals", "--execute", "--yes"]
+        env = {**self.env, "WITHDRAW_PROCESSOR_LEASE_SECONDS": str(lease)} if lease else self.env
         log = self._log("processor.log")
         log.write(f"--- {time.strftime('%H:%M:%S')} processor run\n".encode())
         log.flush()
         with self.processor_lock:
             self.processor = subprocess.Popen(
-                cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
             proc = self.processor
@@ -1247,6 +1318,8 @@ def make_env(work: Path, port: int, rpc_url: str) -> tuple[dict, str]:
             "LOGIN_RATE_LIMIT": "100000",
             "REGISTER_RATE_LIMIT": "100000",
             "LOG_LEVEL": "INFO",
+            # The worker's pass lines must reach its log before a SIGKILL, not sit in a buffer.
+            "PYTHONUNBUFFERED": "1",
             **KEYPOOL,
         }
     )
@@ -1295,17 +1368,26 @@ def chain_loop(site: Site, rng: random.Random) -> None:
             chain.node.reorg(1)  # its payments are unconfirmed until the next block
             stats.chain_event("reorgs")
             site.stop.wait(rng.uniform(0.3, 1.5))
+        if rng.random() < 0.05:
+            # The node hiccups: the next few calls of one read RPC fail (Core's "warming up"),
+            # whoever makes them (the watcher, "check now", the add-funds page).
+            method = rng.choice(["listsinceblock", "listreceivedbyaddress", "gettransaction"])
+            chain.node.fail(method, -28, "Loading block index...", times=rng.randint(1, 3))
+            stats.chain_event("node hiccups", detail=method)
         chain.mine(1)
 
 
 def fault_loop(site: Site, procs: Processes, rng: random.Random) -> None:
     stats = site.stats
-    while not site.stop.wait(rng.uniform(2.0, 6.0)):
-        if rng.random() < 0.6:
-            if procs.kill_web_worker(rng):
-                stats.fault("gunicorn worker SIGKILL")
+    while not site.stop.wait(rng.uniform(1.5, 5.0)):
+        if rng.random() < 0.65:
+            # Mostly aimed at a worker serving a POST, so kills land inside money protocols
+            # rather than between requests; sometimes wherever it is.
+            how = procs.kill_web_worker(rng, aim=3.0 if rng.random() < 0.8 else 0.0)
+            if how:
+                stats.fault(f"gunicorn worker SIGKILL ({how})")
         else:
-            if procs.kill_worker():
+            if procs.kill_worker(aim=2.0 if rng.random() < 0.8 else 0.0):
                 stats.fault("run_workers SIGKILL")
                 site.stop.wait(rng.uniform(0.5, 3.0))
                 procs.start_worker()
@@ -1315,19 +1397,31 @@ def fault_loop(site: Site, procs: Processes, rng: random.Random) -> None:
 def processor_loop(site: Site, procs: Processes, rng: random.Random, lease: int) -> None:
     node, stats = site.chain.node, site.stats
     while not site.stop.wait(rng.uniform(3.0, 6.0)):
-        if rng.random() < 0.1:
+        r = rng.random()
+        kill = ""
+        if r < 0.1:
             node.fail("sendtoaddress", -6, "Insufficient funds")
             stats.chain_event("wallet refusals armed")
-        kill = lease > 0 and rng.random() < 0.3
+        elif r < 0.2:
+            with node.lock:
+                node.drop_sends = 1
+            stats.chain_event("payout answers to lose armed")
+        elif lease > 0 and r < 0.4:
+            kill = "after the money left"
+        elif lease > 0 and r < 0.5:
+            kill = "before the money left"
         node.sent_event.clear()
         node.send_hold = 0.5 if kill else 0.0
+        node.abort_next_send = kill == "before the money left"
         try:
             outcome = procs.run_processor(lease, kill_on_send=node if kill else None)
         finally:
             node.send_hold = 0.0
-        stats.op("process_withdrawals", outcome)
+            node.abort_next_send = False
         if outcome == "killed mid-payout":
-            stats.fault("processor SIGKILL mid-payout")
+            outcome = f"killed mid-payout ({kill})"
+            stats.fault(f"processor SIGKILL mid-payout ({kill})")
+        stats.op("process_withdrawals", outcome)
 
 
 def _race_buy(barrier, u: User, owner: str, n: int, price: int, filler: str) -> None:
@@ -1470,8 +1564,6 @@ def reconcile(users: list[User], dump: dict, chain: Chain) -> Reconciliation:
                         bad.append(f"{name}: {ref} ({delta} sats) is a purchase {name} never made")
                     elif op.resolved == "not":
                         bad.append(f"{name}: {ref} appeared after {name} saw it had not happened")
-                    else:
-                        rec.resolved["buy happened"] += 1
                 sales[ref] = -delta
             elif kind == "withdraw-hold":
                 i = int(ref.rsplit("::", 1)[1])
@@ -1486,8 +1578,6 @@ def reconcile(users: list[User], dump: dict, chain: Chain) -> Reconciliation:
                         bad.append(f"{name}: {ref} ({delta} sats) is a withdrawal never asked for")
                     elif op.resolved == "not":
                         bad.append(f"{name}: {ref} appeared after {name} saw it had not happened")
-                    else:
-                        rec.resolved["withdraw happened"] += 1
             elif kind == "withdraw-refund":
                 i = int(ref.rsplit("::", 1)[1])
                 hold = next((x for x in ledger if x["ref"] == f"withdraw::{name}::{i}"), None)
@@ -1506,8 +1596,6 @@ def reconcile(users: list[User], dump: dict, chain: Chain) -> Reconciliation:
                                    f"not be cancelled")  # fmt: skip
                     elif op.resolved == "not":
                         bad.append(f"{name}: {ref} appeared after {name} saw it had not happened")
-                    else:
-                        rec.resolved["cancel happened"] += 1
                 else:
                     bad.append(f"{name}: {ref} (+{delta}) refunds a withdrawal {name} did not "
                                f"cancel and the page shows as {state!r}")  # fmt: skip
@@ -1540,6 +1628,11 @@ def reconcile(users: list[User], dump: dict, chain: Chain) -> Reconciliation:
         if expected_balance != account["balance"]:
             bad.append(f"{name}: balance {account['balance']} != ledger sum {expected_balance}")
         rec.checked["accounts"] += 1
+    for u in users:
+        if u.name not in dump["accounts"] and (
+            u.buys or u.withdrawals or any(p.user == u.name for p in confirmed.values())
+        ):
+            bad.append(f"{u.name} bought, withdrew or was paid, but has no account on the server")
     # Sellers: every sale credited once, at the price minus the fee.
     credited: set[str] = set()
     for name, e in credit_entries:
@@ -1564,7 +1657,9 @@ def reconcile(users: list[User], dump: dict, chain: Chain) -> Reconciliation:
     for u in users:
         for op in u.unknowns:
             if not op.resolved:
-                rec.resolved[f"{op.kind} did not happen"] += 1
+                op.resolved, op.how = "not", "ledger at the end"
+            rec.resolved[f"{op.kind} {'happened' if op.resolved == 'happened' else 'did not'} "
+                         f"({op.how})"] += 1  # fmt: skip
     return rec
 
 
@@ -1583,7 +1678,7 @@ def _claim(u: User, kind: str, fits, ref: str) -> Unknown | None:
             return op
     for op in u.unknowns:
         if op.kind == kind and not op.resolved and fits(op):
-            op.resolved, op.ref = "happened", ref
+            op.resolved, op.ref, op.how = "happened", ref, "ledger at the end"
             return op
     for op in u.unknowns:
         if op.kind == kind and op.resolved == "not" and fits(op):
@@ -1613,6 +1708,24 @@ def check_payouts(dump: dict, chain: Chain) -> list[str]:
         if not key.startswith("withdraw::") or key.split("::")[1] not in dump["withdrawals"]:
             bad.append(f"the payout wallet sent {payouts[key]} for unknown request {key!r}")
     return bad
+
+
+def pass_counters(path: Path, prefix: str) -> Counter:
+    """Sum of the worker's per-pass counters starting with `prefix` ("pass 7: a.b=1, ...")."""
+    total: Counter = Counter()
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                m = re.match(rb"pass \d+: (.*)", line)
+                if not m:
+                    continue
+                for item in m.group(1).decode("utf-8", "replace").split(", "):
+                    key, _, value = item.partition("=")
+                    if key.startswith(prefix) and value.strip().isdigit():
+                        total[key[len(prefix) :]] += int(value)
+    except OSError:
+        pass
+    return total
 
 
 def count_lines(path: Path, needle: str) -> int:
@@ -1648,7 +1761,7 @@ def main() -> int:
         type=int,
         default=15,
         help="seconds of the withdrawal processor's lease in the soak (0: run the command "
-        "unchanged, with its 600 s lease, and never kill it)",
+        "unchanged, with its default lease, and never kill it)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
@@ -1661,6 +1774,7 @@ def main() -> int:
     node.create_wallet(PAYOUT_WALLET, watch_only=False, balance=1_000_000 * SATS)
     port = free_port()
     env, backend = make_env(work, port, node.url)
+    stats.journal = open(work / "soak.log", "a")  # noqa: SIM115 - closed at the end
     procs = Processes(work, env, port, stats)
     chain = Chain(node, stats)
     site = Site(args, port, stats, chain)
@@ -1761,6 +1875,7 @@ def main() -> int:
         worker_recoveries = count_lines(work / "worker.log", "recovering lock")
         tracebacks = grep(work / "gunicorn.log", "Internal Server Error", 10)
         worker_errors = count_lines(work / "worker.log", "Traceback")
+        recovered = pass_counters(work / "worker.log", "recovery.")
         money = next((line for line in audit_lines if line.startswith("money:")), "money: ?")
         statuses = ", ".join(f"{s} x{n}" for s, n in sorted(stats.http.items()))
         out = [
@@ -1781,11 +1896,13 @@ def main() -> int:
             "chain: "
             + ", ".join(f"{k} {v}" for k, v in sorted(stats.chain.items()))
             + f"; deposit alerts recorded {dump.get('alerts', 0)}",
-            f"recoveries ('recovering lock' log lines): worker {worker_recoveries}, "
-            f"web requests {web_recoveries}; worker tracebacks {worker_errors}",
-            "unknown outcomes: "
+            f"recoveries: 'recovering lock' log lines: worker {worker_recoveries}, web requests "
+            f"{web_recoveries}; worker recovery counters: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(recovered.items())) or "all zero")
+            + f"; worker tracebacks {worker_errors}",
+            f"unknown outcomes: {sum(stats.unknown.values())} ("
             + (", ".join(f"{k} {v}" for k, v in sorted(stats.unknown.items())) or "none")
-            + "; resolved at the end: "
+            + "); resolved: "
             + (", ".join(f"{k} {v}" for k, v in sorted(rec.resolved.items())) or "nothing"),
             "reconciled: " + ", ".join(f"{k} {v}" for k, v in sorted(rec.checked.items())),
             f"heal: {'drained' if not left else 'NOT drained'} in {heal_seconds:.1f} s"
@@ -1834,6 +1951,9 @@ def main() -> int:
         site.stop.set()
         procs.stop()
         node.stop()
+        with stats.lock:
+            stats.journal.close()
+            stats.journal = None
         if ok and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:

@@ -77,7 +77,6 @@ LEASE_KEY = "withdrawprocessor::lease"
 CURSOR_KEY = "withdrawprocessor::cursor"
 # Must stay far longer than one wallet call (BITCOIND_TIMEOUT, 30 s): the lease is renewed right
 # before each send, and a rival may only look a request up after our lease has run out.
-LEASE_SECONDS = 600
 # A directory entry whose request never appeared is passed by the cursor only after this long
 # (its writer died before taking the hold lock; see _scan).
 DANGLING_GRACE_SECONDS = 24 * 3600
@@ -783,7 +782,7 @@ def process(
     chain,
     daily_cap: int | None = None,
     *,
-    lease_seconds: int = LEASE_SECONDS,
+    lease_seconds: int | None = None,
     on_line: Callable[[Line], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     owner: str | None = None,
@@ -804,6 +803,9 @@ def process(
     work = scan.in_state(QUEUED, SENDING, FAILED)
     if not work:
         return report
+    # Renewed before every send, so it only has to outlive one wallet call; a killed processor
+    # blocks the next one for at most this long.
+    lease_seconds = lease_seconds or settings.WITHDRAW_PROCESSOR_LEASE_SECONDS
     lease = ProcessorLease(store, clock, lease_seconds, owner)
     lease.acquire()
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from io import StringIO
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
 
 from bitcoinkeys import withdrawals as w
@@ -158,7 +159,9 @@ def test_a_bad_cap_is_refused(chain, cap):
 
 
 def test_a_second_processor_is_refused(store, clock, chain, queued):
-    w.ProcessorLease(store, clock, w.LEASE_SECONDS, owner="the-other-one").acquire()
+    w.ProcessorLease(
+        store, clock, settings.WITHDRAW_PROCESSOR_LEASE_SECONDS, owner="the-other-one"
+    ).acquire()
     _, error = run_failing("--execute", "--yes")
     assert "Another withdrawal processor is running (lease the-other-one" in error
     assert chain.sends == []

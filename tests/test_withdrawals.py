@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from django.conf import settings
 from django.test import override_settings
 
 from accounts import locks
@@ -468,7 +469,7 @@ def test_a_crash_after_the_send_is_recorded_from_the_wallet_without_sending_agai
     refused = pytest.raises(w.ProcessorBusy, match="Another withdrawal processor is running")
     with refused:
         w.process(store, clock, chain)  # the dead processor's lease still runs
-    clock.advance(w.LEASE_SECONDS)
+    clock.advance(settings.WITHDRAW_PROCESSOR_LEASE_SECONDS)
     report = w.process(store, clock, chain)
     assert report.lines[0].result == "sent"
     assert report.lines[0].detail == "found in the payout wallet"
@@ -500,7 +501,7 @@ def test_a_crash_before_the_send_sends_on_the_next_pass(store, clock):
     with pytest.raises(Crash):
         w.process(HookedStore(store, CrashOnLeaseRenewal()), clock, chain)
     assert request(store, "alice", 0)["state"] == "sending" and chain.sends == []
-    clock.advance(w.LEASE_SECONDS)
+    clock.advance(settings.WITHDRAW_PROCESSOR_LEASE_SECONDS)
     w.process(store, clock, chain)
     req = request(store, "alice", 0)
     assert req["state"] == "sent" and req["attempt"]["n"] == 2
@@ -657,13 +658,15 @@ def test_a_request_larger_than_the_cap_waits_and_so_do_later_ones(store, clock):
 
 def test_two_processors_cannot_run_at_once(store, clock):
     queue_three(store, clock)
-    other = w.ProcessorLease(store, clock, w.LEASE_SECONDS, owner="other-processor")
+    other = w.ProcessorLease(
+        store, clock, settings.WITHDRAW_PROCESSOR_LEASE_SECONDS, owner="other-processor"
+    )
     other.acquire()
     before = store.dump()
     with pytest.raises(w.ProcessorBusy, match="other-processor"):
         w.process(store, clock, FakeChain(store))
     assert store.dump() == before
-    clock.advance(w.LEASE_SECONDS + 1)
+    clock.advance(settings.WITHDRAW_PROCESSOR_LEASE_SECONDS + 1)
     assert len(w.process(store, clock, FakeChain(store)).lines) == 3
     with pytest.raises(w.LeaseLost):
         other.renew()

@@ -169,6 +169,8 @@ BITCOIND_WALLET = env.str("BITCOIND_WALLET", default="adspace-deposits")
 BITCOIND_PAYOUT_WALLET = env.str("BITCOIND_PAYOUT_WALLET", default="adspace-payouts")
 BITCOIND_TIMEOUT = env.int("BITCOIND_TIMEOUT", default=30)
 DEPOSIT_CONFIRMATIONS = env.int("DEPOSIT_CONFIRMATIONS", default=1)
+# The withdrawal processor's lease, renewed before each send: keep it well above BITCOIND_TIMEOUT.
+WITHDRAW_PROCESSOR_LEASE_SECONDS = env.int("WITHDRAW_PROCESSOR_LEASE_SECONDS", default=120)
 # Key pool shape: production 1000 sets x 100 keys a page, huge-list pages of 100 ranges.
 KEYPOOL_SETS = env.int("KEYPOOL_SETS", default=1000)
 KEYPOOL_PAGE_SIZE = env.int("KEYPOOL_PAGE_SIZE", default=100)
