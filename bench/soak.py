@@ -1317,6 +1317,8 @@ def make_env(work: Path, port: int, rpc_url: str) -> tuple[dict, str]:
             # Every simulated user comes from 127.0.0.1: one client, as the rate limits see it.
             "LOGIN_RATE_LIMIT": "100000",
             "REGISTER_RATE_LIMIT": "100000",
+            "ADDRESS_RATE_LIMIT": "100000",
+            "WITHDRAW_RATE_LIMIT": "100000",
             "LOG_LEVEL": "INFO",
             # The worker's pass lines must reach its log before a SIGKILL, not sit in a buffer.
             "PYTHONUNBUFFERED": "1",

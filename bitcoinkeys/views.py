@@ -12,6 +12,7 @@ import importlib
 import logging
 
 import segno
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
@@ -21,7 +22,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from accounts import locks
+from accounts import locks, ratelimit
 from accounts.gateway import ensure_account
 from accounts.money import format_btc
 from docstore import get_clock, get_store
@@ -116,9 +117,22 @@ def _deal(request: HttpRequest, fn_name: str, **kwargs: str) -> HttpResponse:
     return redirect("add_funds")
 
 
+def _address_allowance_left(request: HttpRequest) -> bool:
+    """Dealing burns a key from the pool: at most ADDRESS_RATE_LIMIT requests per user an hour."""
+    return ratelimit.hit("address", request.user.username, settings.ADDRESS_RATE_LIMIT, 3600)
+
+
+TOO_MANY_ADDRESSES = (
+    "You have asked for many addresses in the last hour; use the one shown or try later."
+)
+
+
 @login_required
 @require_POST
 def get_address(request: HttpRequest) -> HttpResponse:
+    if not _address_allowance_left(request):
+        messages.error(request, TOO_MANY_ADDRESSES)
+        return _page(request, status=429)
     return _deal(request, "get_deposit_address")
 
 
@@ -128,6 +142,9 @@ def new_address(request: HttpRequest) -> HttpResponse:
     # The old address stays watched: anything paid to it later is still credited. `replacing`
     # is the address the page showed: a double click or a second tab gets the address the
     # first click dealt instead of dealing yet another.
+    if not _address_allowance_left(request):
+        messages.error(request, TOO_MANY_ADDRESSES)
+        return _page(request, status=429)
     replacing = request.POST.get("replacing", "")[:MAX_ADDRESS_LENGTH]
     if replacing:
         return _deal(request, "new_deposit_address", replacing=replacing)

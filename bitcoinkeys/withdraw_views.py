@@ -22,7 +22,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from accounts import locks
+from accounts import locks, ratelimit
 from accounts.gateway import ensure_account
 from accounts.money import (
     MAX_SATS,
@@ -201,6 +201,9 @@ def withdraw(request: HttpRequest) -> HttpResponse:
         return _page(request, form, balance, 200 if valid else 400)
     if not valid:
         return _page(request, form, balance, 400)
+    if not ratelimit.hit("withdraw", username, settings.WITHDRAW_RATE_LIMIT, 3600):
+        form.add_error(None, "You have requested many withdrawals in the last hour; try later.")
+        return _page(request, form, balance, 429)
     amount, address = form.cleaned_data["amount"], form.cleaned_data["address"]
     submission = form.cleaned_data.get("submission") or None
     try:

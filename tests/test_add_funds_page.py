@@ -281,3 +281,13 @@ def test_the_real_backend_pending_then_credited_through_check_now(client, with_a
         assert "Credited 0.00750000 BTC" in page
         assert f"<code>{op.split(':')[0]}</code>" in page
         chain.close()
+
+
+def test_address_requests_are_rate_limited_per_user(client, store, clock, buyer, settings):
+    settings.ADDRESS_RATE_LIMIT = 2
+    client.force_login(buyer)
+    for _ in range(2):
+        client.post("/account/funds/address/")
+    response = client.post("/account/funds/address/new/")
+    assert response.status_code == 429
+    assert "many addresses" in response.content.decode()

@@ -284,3 +284,15 @@ def test_the_same_form_submitted_twice_queues_one_withdrawal(client, store, buye
     assert "queued" in first.content.decode()
     assert "already submitted" in second.content.decode()
     assert [k for k in store.dump() if k.startswith("withdraw::buyer::")] == ["withdraw::buyer::0"]
+
+
+def test_withdrawal_requests_are_rate_limited_per_user(client, store, buyer, settings):
+    settings.WITHDRAW_RATE_LIMIT = 1
+    client.force_login(buyer)
+    form = {"amount": "0.03", "address": "bcrt1qcwt06jpdw6lz27evpt668nhdj0h42h5hqvfkqv"}
+    client.post("/account/withdraw/", form)
+    before = store.dump()
+    response = client.post("/account/withdraw/", form)
+    assert response.status_code == 429
+    assert "many withdrawals" in response.content.decode()
+    assert store.dump() == before

@@ -143,6 +143,9 @@ WORKER_INTERVAL_SECONDS = env.float("WORKER_INTERVAL_SECONDS", default=1.0)
 LOGIN_RATE_LIMIT = env.int("LOGIN_RATE_LIMIT", default=10)
 REGISTER_RATE_LIMIT = env.int("REGISTER_RATE_LIMIT", default=5)
 RATE_LIMIT_WINDOW_SECONDS = env.int("RATE_LIMIT_WINDOW_SECONDS", default=300)
+# Per user and hour: deposit addresses dealt (each burns a key) and withdrawal requests.
+ADDRESS_RATE_LIMIT = env.int("ADDRESS_RATE_LIMIT", default=10)
+WITHDRAW_RATE_LIMIT = env.int("WITHDRAW_RATE_LIMIT", default=20)
 # Live-ad API answers per key, campaign and slot (the original allowed 50); 0 turns it off.
 API_REQUESTS_PER_SLOT = env.int("API_REQUESTS_PER_SLOT", default=50)
 
