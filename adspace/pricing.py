@@ -16,7 +16,8 @@ from fractions import Fraction
 from html import escape
 from typing import Any
 
-SATS_PER_BTC = 100_000_000
+from accounts.money import format_btc
+
 SECONDS_PER_HOUR = 3600
 
 # With no sale there is no slot to draw, only the flat minimum; show a day of it.
@@ -118,24 +119,24 @@ def chart_svg(
     now_x, now_y = x_of(now), y_of(price_now)
 
     if last is None:
-        title = f"Price of the next slot: {_format_btc(min_price)} BTC, the minimum; no sale yet."
+        title = f"Price of the next slot: {format_btc(min_price)} BTC, the minimum; no sale yet."
         description = "A flat line at the minimum price: nobody has bought a slot yet."
     else:
         ends_at = last["endsAt"]
         if now >= ends_at:
             title = (
-                f"Price of the next slot: {_format_btc(min_price)} BTC, the minimum, "
+                f"Price of the next slot: {format_btc(min_price)} BTC, the minimum, "
                 f"since {_hhmm(ends_at)} UTC."
             )
         else:
             title = (
-                f"Price of the next slot: {_format_btc(price_now)} BTC now, falling to "
-                f"the minimum of {_format_btc(min_price)} BTC at {_hhmm(ends_at)} UTC."
+                f"Price of the next slot: {format_btc(price_now)} BTC now, falling to "
+                f"the minimum of {format_btc(min_price)} BTC at {_hhmm(ends_at)} UTC."
             )
         description = (
-            f"The price started at {_format_btc(curve[0][1])} BTC when the last slot was bought "
+            f"The price started at {format_btc(curve[0][1])} BTC when the last slot was bought "
             f"({_utc_stamp(last['purchasedAt'])}) and falls in a straight line to "
-            f"{_format_btc(min_price)} BTC at the end of that slot ({_utc_stamp(ends_at)}), "
+            f"{format_btc(min_price)} BTC at the end of that slot ({_utc_stamp(ends_at)}), "
             f"then stays there. Now is {_utc_stamp(now)}."
         )
 
@@ -145,9 +146,9 @@ def chart_svg(
     x_labels = [(left, "start", _hhmm(t_first))]
     if last is not None and x_of(last["endsAt"]) - left >= 80:
         x_labels.append((x_of(last["endsAt"]), "middle", _hhmm(last["endsAt"])))
-    y_labels = [(y_of(p_low), f"{_format_btc(p_low)} BTC")]
+    y_labels = [(y_of(p_low), f"{format_btc(p_low)} BTC")]
     if p_high != p_low:
-        y_labels.insert(0, (y_of(p_high), f"{_format_btc(p_high)} BTC"))
+        y_labels.insert(0, (y_of(p_high), f"{format_btc(p_high)} BTC"))
     now_label_anchor = "end" if now_x > (left + right) // 2 else "start"
     now_label_x = now_x - 7 if now_label_anchor == "end" else now_x + 7
 
@@ -175,7 +176,7 @@ def chart_svg(
         f'stroke="currentColor" stroke-width="2" stroke-linejoin="round"/>',
         f'<circle class="now" cx="{now_x}" cy="{now_y}" r="4"/>',
         f'<text class="now-label" x="{now_label_x}" y="{max(now_y - 7, top)}" '
-        f'text-anchor="{now_label_anchor}">now {escape(_format_btc(price_now))} BTC</text>',
+        f'text-anchor="{now_label_anchor}">now {escape(format_btc(price_now))} BTC</text>',
         "</svg>",
     ]
     return "\n".join(parts)
@@ -202,10 +203,3 @@ def _hhmm(t: int) -> str:
 
 def _utc_stamp(t: int) -> str:
     return _utc(t).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _format_btc(sats: int) -> str:
-    # The same as accounts.money.format_btc, which imports Django forms; this module stays pure.
-    sign = "-" if sats < 0 else ""
-    whole, frac = divmod(abs(sats), SATS_PER_BTC)
-    return f"{sign}{whole}.{frac:08d}"
