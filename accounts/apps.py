@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.conf import settings
 
 
 class AccountsConfig(AppConfig):
@@ -8,7 +9,20 @@ class AccountsConfig(AppConfig):
         from . import adjust, audit, locks, recovery, workers
 
         locks.register_finisher("adjust", adjust.finish_adjust)
-        recovery.register_pass("locks", recovery.recover_locks)
+        recovery.register_account_check("locks", recovery.ExpiredLocks)
         audit.register_audit(audit.audit_accounts)
-        workers.register_task("recovery", recovery.run_recovery)
+        # Recovery is only needed after a crash (requests also finish expired locks they meet):
+        # on its own cadence, and on a worker's first pass.
+        workers.register_task(
+            "recovery", recovery.run_recovery, every=lambda: settings.RECOVERY_INTERVAL_SECONDS
+        )
         workers.register_init(workers.init_schema)
+
+        from django.db.models.signals import post_delete, post_save
+
+        from .auth_backends import forget_user
+        from .models import User
+
+        # Signed-in users are cached (auth_backends): any change to one drops its entry.
+        post_save.connect(forget_user, sender=User, dispatch_uid="accounts.forget_user.save")
+        post_delete.connect(forget_user, sender=User, dispatch_uid="accounts.forget_user.delete")

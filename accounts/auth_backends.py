@@ -2,6 +2,11 @@
 
 Usernames are unique case-insensitively (a database constraint on LOWER(username)), so an
 `iexact` lookup finds at most one user; the stored spelling is what keys `account::<u>`.
+
+Every signed-in request loads its user. The ORM query is the largest cost of a buy after the
+buy itself (~1 ms), so active users are kept in the shared cache for a few minutes; every save or
+delete of a user drops the entry (`forget_user`, connected in AccountsConfig.ready), so a
+deactivation or a password change is seen at the next request in every process.
 """
 
 from __future__ import annotations
@@ -9,9 +14,21 @@ from __future__ import annotations
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
+from django.core.cache import cache
 from django.http import HttpRequest
 
 BACKEND_PATH = "accounts.auth_backends.CaseInsensitiveModelBackend"
+# A bound on staleness should a user ever change without a save (QuerySet.update skips signals).
+USER_CACHE_SECONDS = 300
+
+
+def _user_cache_key(user_id) -> str:
+    return f"accounts:user:{user_id}"
+
+
+def forget_user(sender, instance, **kwargs) -> None:
+    """post_save / post_delete receiver: the next request reads the user from the database."""
+    cache.delete(_user_cache_key(instance.pk))
 
 
 class CaseInsensitiveModelBackend(ModelBackend):
@@ -37,6 +54,16 @@ class CaseInsensitiveModelBackend(ModelBackend):
         if user.check_password(password) and self.user_can_authenticate(user):
             return user
         return None
+
+    def get_user(self, user_id):
+        key = _user_cache_key(user_id)
+        user = cache.get(key)
+        if user is None:
+            user = super().get_user(user_id)  # None for a missing or inactive user
+            if user is not None:
+                cache.set(key, user, USER_CACHE_SECONDS)
+            return user
+        return user if self.user_can_authenticate(user) else None
 
     async def aauthenticate(self, request, username=None, password=None, **kwargs):
         return await sync_to_async(self.authenticate)(request, username, password, **kwargs)

@@ -1,15 +1,25 @@
-"""Recovery: every pass that rolls forward work a crash left behind. Apps register their passes.
+"""Recovery: every pass that rolls forward work a crash left behind. Apps register what it checks.
 
-`recover_locks` walks every account and finishes each lock older than the lease; the adspace app
-adds the walk over campaigns (a sale whose slot exists while the campaign lags), and so on.
+A recovery pass (`run_recovery`) walks the accounts once and runs every registered per-account
+check on each account it reads, then runs the registered whole passes (the adspace app's walk over
+campaigns, the withdrawals' refunds, ...) in registration order. The accounts app registers the
+first check: finish each lock older than the lease (`ExpiredLocks`), so the checks registered
+after it (a deposit address stuck `getting`, ...) and every whole pass see the locks finished.
+
+A check is made afresh for each pass by its factory, `start(store, clock)`, which may do that
+app's own work first (the key pool finishes its stuck set fills, which are not accounts); the walk
+then calls `check(username, doc)` for every account, in registration order, with the account as
+the walk read it (a check that acts re-reads it: an earlier check may have changed it), and reads
+`check.finished` at the end. Each account is read once per pass, whatever the number of checks.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
-from docstore import Clock, Store
+from docstore import Clock, Doc, Store
 
 from . import locks
 from .gateway import iter_accounts
@@ -20,24 +30,67 @@ RecoveryPass = Callable[[Store, Clock], int]
 _passes: dict[str, RecoveryPass] = {}
 
 
+class AccountCheck(Protocol):
+    """One pass's check of each account; `finished` counts what it finished in that pass."""
+
+    finished: int
+
+    def __call__(self, username: str, doc: Doc) -> None: ...
+
+
+StartCheck = Callable[[Store, Clock], AccountCheck]
+_account_checks: dict[str, StartCheck] = {}
+
+
 def register_pass(name: str, fn: RecoveryPass) -> None:
+    """A whole pass (`fn(store, clock)` returns how much it finished), run after the account walk."""
     _passes[name] = fn
 
 
-def recover_locks(store: Store, clock: Clock) -> int:
-    finished = 0
-    now = clock.now()
-    for username, doc in iter_accounts(store):
+def register_account_check(name: str, start: StartCheck) -> None:
+    """A check the account walk runs on every account (see the module docstring)."""
+    _account_checks[name] = start
+
+
+class ExpiredLocks:
+    """Finish each account's lock once it is older than the lease (DESIGN.md 6.1 rule 3)."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store, self.clock = store, clock
+        self.now = clock.now()
+        self.finished = 0
+
+    def __call__(self, username: str, doc: Doc) -> None:
         lock = doc.value.get("lock")
-        if lock and locks.lease_expired(lock, now):
-            try:
-                if locks.resolve(store, clock, username):
-                    finished += 1
-            except locks.AccountBusy:
-                log.warning("account %s stayed busy during recovery; next pass", username)
-    return finished
+        if not lock or not locks.lease_expired(lock, self.now):
+            return
+        try:
+            if locks.resolve(self.store, self.clock, username):
+                self.finished += 1
+        except locks.AccountBusy:
+            log.warning("account %s stayed busy during recovery; next pass", username)
+
+
+def walk_accounts(
+    store: Store, clock: Clock, starts: Mapping[str, StartCheck] | None = None
+) -> dict[str, int]:
+    """One walk over every account running each check (all registered ones by default)."""
+    checks = {name: start(store, clock) for name, start in (starts or _account_checks).items()}
+    if checks:
+        for username, doc in iter_accounts(store):
+            for check in checks.values():
+                check(username, doc)
+    return {name: check.finished for name, check in checks.items()}
+
+
+def recover_locks(store: Store, clock: Clock) -> int:
+    """The lock check alone, in a walk of its own (for callers that want only that)."""
+    return walk_accounts(store, clock, {"locks": ExpiredLocks})["locks"]
 
 
 def run_recovery(store: Store, clock: Clock) -> dict[str, int]:
     """One pass of every registered recovery; returns how much each one finished."""
-    return {name: fn(store, clock) for name, fn in _passes.items()}
+    finished = walk_accounts(store, clock)
+    for name, fn in _passes.items():
+        finished[name] = fn(store, clock)
+    return finished

@@ -6,9 +6,16 @@ dict of counters for the heartbeat), and `register_init(fn)` adds root documents
 (`fn(store, clock)` creates what is missing and returns the keys it created). The foundation's own
 entries (recovery, the schema doc) are registered in `AccountsConfig.ready`.
 
-A pass runs every task in turn; a task that raises is logged with its traceback and the next task
-still runs, so one broken walker cannot starve the others (recovery above all). Every pass ends in
-a heartbeat, even a failed one, and `/healthz` goes red when the heartbeats stop.
+A task registered with `every=` has its own cadence: the worker's `Schedule` runs it on the
+worker's first pass and then on the first pass at least `every` seconds (monotonic) after it
+last started; the other tasks run on every pass (each WORKER_INTERVAL_SECONDS). Recovery is such
+a task (RECOVERY_INTERVAL_SECONDS): walking every account and campaign each second is waste when
+it only has work after a crash, and a restarted worker still recovers at once.
+
+A pass runs every task that is due in turn; a task that raises is logged with its traceback and
+the next task still runs, so one broken walker cannot starve the others (recovery above all).
+Every pass ends in a heartbeat, even a failed one, and `/healthz` goes red when the heartbeats
+stop. A task that did not run in a pass has no counters in that pass's heartbeat.
 """
 
 from __future__ import annotations
@@ -29,8 +36,12 @@ log = logging.getLogger(__name__)
 
 Task = Callable[[Store, Clock], dict[str, int]]
 InitFn = Callable[[Store, Clock], list[str]]
+# A task's cadence in seconds, or a function that returns it (read at each pass, so it follows
+# the settings); None runs the task on every pass.
+Every = float | Callable[[], float] | None
 
 _tasks: dict[str, Task] = {}
+_every: dict[str, Every] = {}
 _inits: list[InitFn] = []
 
 SCHEMA_KEY = "meta::schema"
@@ -43,15 +54,46 @@ class InitError(Exception):
     pass
 
 
-def register_task(name: str, fn: Task) -> None:
-    """Run `fn` on every worker pass. Registering a name again replaces it (ready() may rerun)."""
+def register_task(name: str, fn: Task, every: Every = None) -> None:
+    """Run `fn` on every worker pass, or with `every` on its own cadence (see the module
+    docstring). Registering a name again replaces it, cadence included (ready() may rerun)."""
     if not name or "." in name:
         raise ValueError(f"task names are non-empty and without dots, not {name!r}")
     _tasks[name] = fn
+    if every is None:
+        _every.pop(name, None)
+    else:
+        _every[name] = every
 
 
 def registered_tasks() -> dict[str, Task]:
     return dict(_tasks)
+
+
+def task_every(name: str) -> float | None:
+    """The task's cadence in seconds now, or None if it runs on every pass."""
+    every = _every.get(name)
+    return every() if callable(every) else every
+
+
+class Schedule:
+    """When each task with a cadence last started, in one worker process.
+
+    A new schedule (a new or restarted worker) has run nothing, so its first pass runs every
+    task. `monotonic` is injectable for tests; wall-clock jumps must not stall or rush a task.
+    """
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.monotonic = monotonic
+        self.started: dict[str, float] = {}
+
+    def take(self, name: str, every: float | None) -> bool:
+        """True if the task runs in this pass (it is then counted as started now)."""
+        now = self.monotonic()
+        if every is not None and name in self.started and now - self.started[name] < every:
+            return False
+        self.started[name] = now
+        return True
 
 
 def register_init(fn: InitFn) -> None:
@@ -92,14 +134,21 @@ def check_reachable(store: Store) -> None:
         pass
 
 
-def run_pass(store: Store, clock: Clock) -> dict[str, int]:
-    """Run every registered task once. Counters come back as `<task>.<name>`, plus `failed`."""
+def run_pass(store: Store, clock: Clock, schedule: Schedule | None = None) -> dict[str, int]:
+    """Run every registered task once, or with `schedule` every task that is due. Counters come
+    back as `<task>.<name>`, plus `failed`.
+
+    A task that raises counts as run: one with a cadence tries again on its next turn, not at
+    once (a failing walk of the whole store must not run every second either).
+    """
     counters: dict[str, int] = {"failed": 0}
     for name, fn in list(_tasks.items()):
+        if schedule is not None and not schedule.take(name, task_every(name)):
+            continue
         try:
             result = fn(store, clock) or {}
         except Exception:
-            log.exception("worker task %s failed; the next pass tries again", name)
+            log.exception("worker task %s failed; it runs again on its next turn", name)
             counters["failed"] += 1
             counters[f"{name}.failed"] = 1
             continue

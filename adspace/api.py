@@ -109,10 +109,17 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return "*" in tags or etag in (t.removeprefix("W/") for t in tags)
 
 
+def _etag(data: bytes) -> str:
+    return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+
+
 def _cached_json(request: HttpRequest, body: dict, cache_control: str) -> HttpResponse:
     data = _dumps(body)
-    etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
-    if _etag_matches(request.headers.get("If-None-Match"), etag):
+    return _json_answer(request, data, _etag(data), cache_control)
+
+
+def _json_answer(request: HttpRequest, data: bytes, etag: str, cache_control: str) -> HttpResponse:
+    if _etag_matches(request.META.get("HTTP_IF_NONE_MATCH"), etag):
         response: HttpResponse = HttpResponseNotModified()
     else:
         response = HttpResponse(data, content_type=_JSON)
@@ -180,7 +187,7 @@ def _check_raw_path(request: HttpRequest) -> None:
 
 def _presented_key(request: HttpRequest) -> str | None:
     """The key from `Authorization: Bearer` (preferred) or `?key=`; None when neither is sent."""
-    header = request.headers.get("Authorization", "")
+    header = request.META.get("HTTP_AUTHORIZATION", "")
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
@@ -211,6 +218,59 @@ def _seller_and_campaign(store: Store, owner: str, n: int, key: str | None) -> d
 
 # --- the live ad --------------------------------------------------------------------------------
 
+# Per-process caches of what is immutable for its key (serving.BoundedCache): a slot, its ad and
+# the ad's image are written once and never changed, so an answer built from them holds for as
+# long as that slot is the one showing; which slot that is (and the seller's key) is still
+# decided on every request. Keys carry the store (serving.store_ident) and every field of the
+# slot, so no other store's or other sale's answer can match.
+CACHE_SIZE = 4096
+# (_slot_ident, scheme://host) -> (JSON body, ETag)
+_answers = serving.BoundedCache(CACHE_SIZE)
+# (_slot_ident, width, height) -> embed page
+_embed_pages = serving.BoundedCache(CACHE_SIZE)
+# (store, width, height, absolute campaign URL) -> placeholder embed page
+_placeholders = serving.BoundedCache(CACHE_SIZE)
+# (_scope, owner, n) -> path of the campaign page
+_campaign_paths = serving.BoundedCache(CACHE_SIZE)
+
+
+# Every field of a slot document (adspace.buy): a sale's slot is never rewritten, but should one be
+# replaced by another sale's, its token and times tell them apart.
+_SLOT_FIELDS = ("buyer", "filler", "price", "purchasedAt", "startsAt", "endsAt", "token")
+
+
+def _scope(request: HttpRequest, store: Store) -> tuple[Any, ...]:
+    """What shapes a cached answer besides the documents: the store and the URLs.
+
+    The URL configuration and the script prefix the request is served under make the paths in
+    an answer; `request.path` carries the prefix, as every route here has one canonical path per
+    campaign (see _campaign_ref). Cheaper than asking django.urls for both.
+    """
+    urlconf = getattr(request, "urlconf", None) or settings.ROOT_URLCONF
+    return (serving.store_ident(store), request.path, urlconf)
+
+
+def _slot_ident(request: HttpRequest, store: Store, answer: serving.Showing) -> tuple[Any, ...]:
+    """What an answer built from the showing slot depends on, besides the request's host."""
+    slot = answer.slot
+    assert slot is not None
+    return (*_scope(request, store), answer.index, tuple(map(slot.get, _SLOT_FIELDS)))
+
+
+def _scheme_host(request: HttpRequest) -> str:
+    """The request's "scheme://host", the host checked against ALLOWED_HOSTS."""
+    return f"{request.scheme}://{request.get_host()}"
+
+
+def _campaign_url(request: HttpRequest, store: Store, owner: str, n: int) -> str:
+    """Absolute URL of the campaign's page (where a buyer buys the next slot)."""
+    key = (*_scope(request, store), owner, n)
+    path = _campaign_paths.get(key)
+    if path is None:
+        path = reverse("campaign", args=[owner, n])
+        _campaign_paths.put(key, path)
+    return _scheme_host(request) + path
+
 
 def _live_ad(store: Store, owner: str, n: int, answer: serving.Showing) -> dict | None:
     """The showing slot's ad with its image path; None (and an error logged) if it is gone."""
@@ -227,6 +287,42 @@ def _live_ad(store: Store, owner: str, n: int, answer: serving.Showing) -> dict 
         log.error("ad %s of live slot %s/%s#%s has no image", filler_key, owner, n, answer.index)
         return None
     return {**filler, "image_path": image}
+
+
+def _ad_answer(
+    request: HttpRequest, store: Store, owner: str, n: int, answer: serving.Showing
+) -> tuple[bytes, str] | None:
+    """(JSON body, ETag) of the showing slot's ad; None if its ad or image is gone (not cached)."""
+    base = _scheme_host(request)
+    key = (*_slot_ident(request, store, answer), base)
+    cached = _answers.get(key)
+    if cached is not None:
+        return cached
+    ad = _live_ad(store, owner, n, answer)
+    if ad is None:
+        return None
+    slot = answer.slot
+    assert slot is not None
+    body = {
+        "ad": {
+            "url": ad["url"],
+            "hoverText": ad["hoverText"],
+            "image": base + ad["image_path"],
+            "width": ad["width"],
+            "height": ad["height"],
+        },
+        "slot": {
+            "index": answer.index,
+            "startsAt": slot["startsAt"],
+            "endsAt": slot["endsAt"],
+            "startsAtIso": _iso(slot["startsAt"]),
+            "endsAtIso": _iso(slot["endsAt"]),
+        },
+    }
+    data = _dumps(body)
+    result = (data, _etag(data))
+    _answers.put(key, result)
+    return result
 
 
 def _seconds_until(until: int | None, now: int, cap: int) -> int:
@@ -263,12 +359,12 @@ def current_ad(request: HttpRequest, user: str, n: str) -> HttpResponse:
     store, now = get_store(), get_clock().now()
     campaign = _seller_and_campaign(store, owner, index, key)
     answer = serving.showing(store, owner, index, now, campaign)
-    ad = _live_ad(store, owner, index, answer)
-    if ad is None or answer.index is None or answer.slot is None:
+    found = None if answer.slot is None else _ad_answer(request, store, owner, index, answer)
+    if found is None or answer.index is None:
         price = pricing.current_price(campaign["minPrice"], campaign.get("last"), now)
         body = {
             "ad": None,
-            "campaignUrl": request.build_absolute_uri(reverse("campaign", args=[owner, index])),
+            "campaignUrl": _campaign_url(request, store, owner, index),
             "price": price,
             "priceBtc": format_btc(price),
         }
@@ -284,25 +380,9 @@ def current_ad(request: HttpRequest, user: str, n: str) -> HttpResponse:
             TOO_MANY.format(limit=settings.API_REQUESTS_PER_SLOT),
             {"Retry-After": str(max_age)},
         )
-    slot = answer.slot
-    body = {
-        "ad": {
-            "url": ad["url"],
-            "hoverText": ad["hoverText"],
-            "image": request.build_absolute_uri(ad["image_path"]),
-            "width": ad["width"],
-            "height": ad["height"],
-        },
-        "slot": {
-            "index": answer.index,
-            "startsAt": slot["startsAt"],
-            "endsAt": slot["endsAt"],
-            "startsAtIso": _iso(slot["startsAt"]),
-            "endsAtIso": _iso(slot["endsAt"]),
-        },
-    }
+    data, etag = found
     # private: the answer was given for a key; a shared cache must not hand it to anyone.
-    response = _cached_json(request, body, f"private, max-age={max_age}")
+    response = _json_answer(request, data, etag, f"private, max-age={max_age}")
     response["Vary"] = "Authorization"
     return response
 
@@ -370,27 +450,71 @@ def _embed_page(request: HttpRequest, user: str, n: str) -> HttpResponse:
     store, now = get_store(), get_clock().now()
     owner, index, campaign = _public_campaign(store, user, n)
     answer = serving.showing(store, owner, index, now, campaign)
-    ad = _live_ad(store, owner, index, answer)
     width, height = campaign["width"], campaign["height"]
-    context: dict[str, Any] = {"width": width, "height": height, "ad": ad}
-    if ad is None:
-        size, lines = placeholder_lines(width, height)
-        context.update(
-            campaign_url=request.build_absolute_uri(reverse("campaign", args=[owner, index])),
-            font_size=size,
-            lines=lines,
-            rect_width=max(width - 1, 0),
-            rect_height=max(height - 1, 0),
-            center_x=width // 2,
-        )
+    html = (
+        None
+        if answer.slot is None
+        else _ad_page(request, store, owner, index, answer, width, height)
+    )
+    if html is None:
+        html = _placeholder_page(request, store, owner, index, width, height)
         max_age = _seconds_until(answer.until, now, NO_AD_MAX_AGE)
     else:
         max_age = _seconds_until(answer.until, now, EMBED_MAX_AGE)
-    # render_to_string without the request: no context processors, so nothing touches the
-    # session or the user and the page stays the same for everyone (cacheable by anyone).
-    response = HttpResponse(render_to_string("adspace/embed.html", context))
+    response = HttpResponse(html)
     response["Cache-Control"] = f"public, max-age={max_age}"
     return response
+
+
+# render_to_string without the request: no context processors, so nothing touches the session
+# or the user and the page stays the same for everyone (cacheable by anyone, and by us).
+
+
+def _ad_page(
+    request: HttpRequest,
+    store: Store,
+    owner: str,
+    n: int,
+    answer: serving.Showing,
+    width: int,
+    height: int,
+) -> str | None:
+    """The embed page of the showing slot's ad; None if its ad or image is gone (not cached)."""
+    key = (*_slot_ident(request, store, answer), width, height)
+    html = _embed_pages.get(key)
+    if html is None:
+        ad = _live_ad(store, owner, n, answer)
+        if ad is None:
+            return None
+        context = {"width": width, "height": height, "ad": ad}
+        html = render_to_string("adspace/embed.html", context)
+        _embed_pages.put(key, html)
+    return html
+
+
+def _placeholder_page(
+    request: HttpRequest, store: Store, owner: str, n: int, width: int, height: int
+) -> str:
+    """The same-size "buy this space" page, linking to the campaign."""
+    campaign_url = _campaign_url(request, store, owner, n)
+    key = (serving.store_ident(store), width, height, campaign_url)
+    html = _placeholders.get(key)
+    if html is None:
+        size, lines = placeholder_lines(width, height)
+        context = {
+            "width": width,
+            "height": height,
+            "ad": None,
+            "campaign_url": campaign_url,
+            "font_size": size,
+            "lines": lines,
+            "rect_width": max(width - 1, 0),
+            "rect_height": max(height - 1, 0),
+            "center_x": width // 2,
+        }
+        html = render_to_string("adspace/embed.html", context)
+        _placeholders.put(key, html)
+    return html
 
 
 @_api_view

@@ -110,6 +110,15 @@ def campaign_count(store: Store, owner: str) -> int:
     return directory_size(store, campaigncount_key(owner))
 
 
+def campaign_counts(store: Store, owners: list[str]) -> dict[str, int]:
+    """`campaign_count` of each owner, in one batched read."""
+    found = store.get_multi([campaigncount_key(o) for o in owners])
+    return {
+        o: int(found[campaigncount_key(o)].value) + 1 if campaigncount_key(o) in found else 0
+        for o in owners
+    }
+
+
 def owner_campaigns(store: Store, owner: str) -> list[dict]:
     """All of an owner's campaigns, by index (indexes a crash skipped are left out)."""
     count = campaign_count(store, owner)
@@ -131,9 +140,13 @@ def seller_count(store: Store) -> int:
     return directory_size(store, SELLERDIR)
 
 
-def sellers_page(store: Store, start: int, size: int) -> list[str]:
-    """Sellers whose directory index is in [start, start + size): a page of the sellers list."""
-    keys = [sellerdir_key(g) for g in range(start, min(start + size, seller_count(store)))]
+def sellers_page(store: Store, start: int, size: int, total: int | None = None) -> list[str]:
+    """Sellers whose directory index is in [start, start + size): a page of the sellers list.
+
+    `total` is `seller_count` when the caller has just read it."""
+    if total is None:
+        total = seller_count(store)
+    keys = [sellerdir_key(g) for g in range(start, min(start + size, total))]
     found = store.get_multi(keys)
     out: list[str] = []
     for key in keys:

@@ -61,9 +61,12 @@ def next_slot_index(last: LastSale | None) -> int:
 
 
 def price_curve(
-    min_price: int, last: LastSale | None, now: int, points: int = 60
+    min_price: int, last: LastSale | None, now: int, points: int = 2
 ) -> list[tuple[int, int]]:
     """(t, price) points of the price line, for drawing.
+
+    The fall is a straight line, so its two ends draw it exactly (to the sat's rounding, far below
+    a pixel); more points only cost time on every page view.
 
     `points` evenly spaced samples from the last sale to the end of its slot (both included),
     then one point closing the flat tail at the minimum, which reaches past `now` when the slot

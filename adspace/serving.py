@@ -13,6 +13,11 @@ slot insert), so every caller reads the campaign doc (one KV get; the API needs 
 campaign's existence, size and price) and an entry whose stored `last` differs is recomputed.
 There is no staleness window: at every boundary the answer is exact.
 
+The other per-process caches of the serving path (the API's answers, the embed's pages, image
+URLs) are `BoundedCache`s keyed by `store_ident`: they hold only what is immutable for their key
+(slots, ads and images are written once and never changed), so they need no invalidation, and
+`clear_cache` empties them all.
+
 The one imprecision is a sale a crash left half done: its slot exists but `last` still points
 at the slot before it until the next buyer or the recovery pass finishes it. The walk reads
 `last + 1` too, so such a sale is served; only its 30 s early switch can be missed when the
@@ -21,7 +26,9 @@ answer was cached before it appeared.
 
 from __future__ import annotations
 
+import itertools
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -65,9 +72,63 @@ _cache: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
+class BoundedCache:
+    """A per-process map of at most `size` entries, for values that never go stale for their key.
+
+    Reads take no lock (a dict lookup is atomic); writes do, and drop the oldest entries beyond
+    `size`. Every instance is emptied by `clear_cache`.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._data: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+        _bounded.append(self)
+
+    def get(self, key: Any) -> Any:
+        return self._data.get(key)
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            data = self._data
+            data.pop(key, None)
+            data[key] = value
+            while len(data) > self.size:
+                del data[next(iter(data))]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+_bounded: list[BoundedCache] = []
+_store_ids: weakref.WeakKeyDictionary[Store, int] = weakref.WeakKeyDictionary()
+_store_counter = itertools.count(1)
+
+
+def store_ident(store: Store) -> int:
+    """A number naming this store object, never reused in the process (unlike `id()`).
+
+    Tests and tools open many stores whose keys (and even contents) look alike; a cache keyed by
+    this number can never hand one store's answer to another.
+    """
+    try:
+        return _store_ids[store]
+    except KeyError:
+        with _cache_lock:
+            return _store_ids.setdefault(store, next(_store_counter))
+    except TypeError:  # a store that cannot be weakly referenced: never share its entries
+        return -next(_store_counter)
+
+
 def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
+    for bounded in _bounded:
+        bounded.clear()
 
 
 def cache_size() -> int:
@@ -99,8 +160,8 @@ def showing(store: Store, owner: str, n: int, now: int, campaign: dict | None = 
     if last is None:
         return Showing(None, None, None)
     # The store is part of the key (tests and tools open several); createdAt tells a campaign
-    # from an older one of the same name in another store, and `last` is what a sale changes.
-    key = (id(store), store.prefix, owner, n)
+    # from an older one of the same name, and `last` is what a sale changes.
+    key = (store_ident(store), owner, n)
     ident = (campaign.get("createdAt"), dict(last))
     with _cache_lock:
         entry = _cache.get(key)

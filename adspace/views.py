@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from html import escape
 
 from django.conf import settings
 from django.contrib import messages
@@ -25,9 +26,10 @@ from django.views.decorators.http import require_POST, require_safe
 
 from accounts import locks
 from accounts.money import MAX_SATS, format_btc
+from accounts.templatetags.cached_url import cached_reverse
 from docstore import Ambiguous, NotFound, TemporaryFailure, get_clock, get_store
 
-from . import buy, gateway, images, pricing, services
+from . import buy, fragments, gateway, images, pricing, services
 from .credit import owner_earnings
 from .forms import AdForm, CampaignForm
 
@@ -294,7 +296,9 @@ class _Sellers:
 
     def __getitem__(self, item: slice) -> list[str]:
         start, stop, _ = item.indices(self.total)
-        return gateway.sellers_page(self.store, start, stop - start) if start < stop else []
+        if start >= stop:
+            return []
+        return gateway.sellers_page(self.store, start, stop - start, self.total)
 
 
 @_shows_errors
@@ -303,8 +307,24 @@ def sellers(request: HttpRequest) -> HttpResponse:
     paginator = Paginator(_Sellers(store), SELLERS_PER_PAGE, allow_empty_first_page=True)
     page = _page_or_404(paginator, request.GET.get("page"), "sellers")
     names = list(page.object_list)
-    rows = [{"name": u, "campaigns": gateway.campaign_count(store, u)} for u in names]
-    return render(request, "adspace/sellers.html", {"page": page, "sellers": rows})
+    context = {
+        "page": page,
+        "sellers": names,
+        "seller_items": _seller_items(names, gateway.campaign_counts(store, names)),
+    }
+    return render(request, "adspace/sellers.html", context)
+
+
+def _seller_items(names: list[str], counts: dict[str, int]) -> str:
+    """The list's items, built here: as template tags they were most of the page's cost."""
+    items = []
+    for name in names:
+        count = counts[name]
+        items.append(
+            f'<li><a href="{escape(cached_reverse("seller", (name,)))}">{escape(name)}</a> '
+            f'<span class="muted">{count} campaign{"" if count == 1 else "s"}</span></li>'
+        )
+    return mark_safe("\n".join(items))  # noqa: S308 - names and URLs are escaped
 
 
 @_shows_errors
@@ -321,19 +341,10 @@ def campaign(request: HttpRequest, user: str, n: str) -> HttpResponse:
     store, now = get_store(), get_clock().now()
     last = doc.get("last")
     row = services.campaign_row(doc, now)
-    queue = services.unended_slots(store, user, index, last, now)
-    live = queue[0] if queue and queue[0].live else None
-    live_ad = None
-    if live is not None:
-        filler = services.get_filler_by_key(store, live.filler)
-        if filler is not None:
-            url = services.image_urls(store, [filler["image"]]).get(filler["image"])
-            live_ad = {**filler, "image_url": url, "slot": live}
     next_start, _ = pricing.next_slot_times(doc["slotHours"], last, now)
     context = {
         "campaign": row,
-        "live_ad": live_ad,
-        "queue": queue,
+        "slots": fragments.slots_part(store, user, index, doc, now),
         "next_starts_at": services.utc(next_start) if next_start > now else None,
         "chart": mark_safe(pricing.chart_svg(row.min_price, last, now)),  # noqa: S308 our markup
         "js": {

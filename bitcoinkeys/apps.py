@@ -12,9 +12,10 @@ class BitcoinkeysConfig(AppConfig):
 
         # Sets and the huge-list pointer must exist; key pages come from import_keys.
         workers.register_init(pool.init_key_sets)
-        # Accounts stuck `getting` and sets stuck `filling` are rolled forward by the worker
-        # (after the lock pass, which accounts registers first).
-        recovery.register_pass("keypool", pool.resume_pending)
+        # Sets stuck `filling` and accounts stuck `getting` are rolled forward by recovery: the
+        # fills when its pass starts, the accounts in its one account walk (after the lock check,
+        # which accounts registers first).
+        recovery.register_account_check("keypool", pool.StuckGetting.start)
         audit.register_audit(keys_audit.audit_keypool)
 
         from .deposits import ready_deposits

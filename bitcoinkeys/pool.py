@@ -9,7 +9,8 @@ Every claim is a CAS that writes a uuid, and every step first looks for its own 
 process can resume any half-done step from what is stored: the account's `getting` state
 (set, page, uuid) and the set's `filling` lock (page, fill uuid, huge-list page). Those
 processes are the request itself, the same user in another tab, and the recovery pass
-(`resume_pending`), which picks up what is older than the lease.
+(`resume_fills` and `StuckGetting`, or `resume_pending` for both), which picks up what is older
+than the lease.
 
 Ordering facts the walk relies on (nothing is ever deleted or unclaimed):
 - key pages of a set exist contiguously from 0; a set moves to `{page: y}` only once page y
@@ -32,8 +33,8 @@ from typing import Any
 
 from django.conf import settings
 
-from accounts import locks
-from accounts.gateway import account_key, iter_accounts
+from accounts import locks, recovery
+from accounts.gateway import account_key
 from docstore import AlreadyExists, Ambiguous, CasMismatch, Clock, Doc, NotFound, Store
 
 from . import gateway as g
@@ -521,15 +522,12 @@ def _become_have(store: Store, clock: Clock, username: str, uuid: str, address: 
 # --- recovery ---------------------------------------------------------------------------------
 
 
-def resume_pending(store: Store, clock: Clock) -> int:
-    """Finish every set stuck `filling` and every account stuck `getting` past the lease.
-
-    Reads only (a few batched reads plus the account walk) when nothing is pending, and
-    writes nothing while the pool stays out of keys. Returns how many it finished.
-    """
+def resume_fills(store: Store, clock: Clock) -> tuple[int, set[int]]:
+    """Finish every set stuck `filling` past the lease. Returns how many it finished and the
+    sets it found out of keys (their users cannot finish either: `StuckGetting` skips them)."""
     now, lease = clock.now(), locks.lease_seconds()
     finished = 0
-    dry: set[int] = set()  # sets found out of keys in this pass: their users cannot finish either
+    dry: set[int] = set()
     n = settings.KEYPOOL_SETS
     for start in range(0, n, CHUNK):
         keys = [g.keyset_key(s) for s in range(start, min(n, start + CHUNK))]
@@ -547,26 +545,56 @@ def resume_pending(store: Store, clock: Clock) -> int:
                 dry.add(s)  # alerted; the lock stays, resumable after import_keys
             except KeyPoolError:
                 log.exception("resuming the fill of set %s failed; next pass", s)
-    for username, doc in iter_accounts(store):
+    return finished, dry
+
+
+class StuckGetting:
+    """The recovery walk's check for an account stuck `getting` past the lease: finish dealing
+    its address. Made once per pass (`start`), after that pass's `resume_fills`."""
+
+    def __init__(self, store: Store, clock: Clock, dry: set[int], finished: int = 0) -> None:
+        self.store, self.clock = store, clock
+        self.now, self.lease = clock.now(), locks.lease_seconds()
+        self.dry = dry  # sets out of keys in this pass: grows as requests run into more
+        self.finished = finished
+
+    @classmethod
+    def start(cls, store: Store, clock: Clock) -> StuckGetting:
+        """The key pool's part of a recovery pass: the stuck fills now, then the account check
+        (which counts those fills in its `finished`)."""
+        fills, dry = resume_fills(store, clock)
+        return cls(store, clock, dry, fills)
+
+    def __call__(self, username: str, doc: Doc) -> None:
         account = doc.value
         btc = account.get("btc") or {}
-        if btc.get("state") != "getting" or now - btc.get("since", 0) < lease:
-            continue
-        if btc.get("set") in dry:
-            continue
+        if btc.get("state") != "getting" or self.now - btc.get("since", 0) < self.lease:
+            return
+        if btc.get("set") in self.dry:
+            return
         lock = account.get("lock")
-        if lock and not locks.lease_expired(lock, now):
-            continue  # its own recovery comes first; the next pass finishes this
+        if lock and not locks.lease_expired(lock, self.now):
+            return  # its own recovery comes first; the next pass finishes this
         try:
-            get_deposit_address(store, clock, username)
-            finished += 1
+            get_deposit_address(self.store, self.clock, username)
+            self.finished += 1
         except OutOfKeys as exc:
-            dry.add(exc.set)
+            self.dry.add(exc.set)
         except locks.AccountBusy:
             pass
         except KeyPoolError:
             log.exception("resuming the deposit address of %s failed; next pass", username)
-    return finished
+
+
+def resume_pending(store: Store, clock: Clock) -> int:
+    """Finish every set stuck `filling` and every account stuck `getting` past the lease, in a
+    walk of its own. The worker's recovery runs the same two parts with the account part inside
+    its single account walk (`StuckGetting`, registered in apps.py).
+
+    Reads only (a few batched reads plus the account walk) when nothing is pending, and
+    writes nothing while the pool stays out of keys. Returns how many it finished.
+    """
+    return recovery.walk_accounts(store, clock, {"keypool": StuckGetting.start})["keypool"]
 
 
 # --- admin ------------------------------------------------------------------------------------

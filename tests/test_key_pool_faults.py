@@ -88,8 +88,9 @@ def bob_asks(store, clock, ctx):
 
 
 def recover(store, clock):
-    # The worker's order: locks first, then the key pool (the swarm takes account locks).
-    return recovery.recover_locks(store, clock), pool.resume_pending(store, clock)
+    # The worker's recovery pass: one account walk, the lock check first, then the key pool's
+    # (the swarm takes account locks), after the pass's stuck fills.
+    return recovery.run_recovery(store, clock)
 
 
 def resume(store, clock):
@@ -276,8 +277,10 @@ def test_harness_catches_a_fill_that_claims_a_fresh_range_each_time(monkeypatch)
         run_crash_points(SCENARIO, MemoryStore, levels=1)
 
 
-def test_the_keypool_pass_is_registered_with_recovery():
-    assert recovery._passes["keypool"] is pool.resume_pending
+def test_the_keypool_check_is_registered_with_the_recovery_walk_after_the_lock_check():
+    assert list(recovery._account_checks)[:2] == ["locks", "keypool"]
+    assert recovery._account_checks["keypool"] == pool.StuckGetting.start
+    assert "keypool" not in recovery._passes
 
 
 # --- the owner paused while a crowd drains the pool -------------------------------------------

@@ -45,6 +45,8 @@ def account_balance(context) -> int | None:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return None
+    if "own_balance" in context:
+        return context["own_balance"]  # the page has just read the account doc itself
     try:
         return get_account(get_store(), user.username).value["balance"]
     except NotFound:

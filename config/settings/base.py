@@ -71,6 +71,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "accounts.context_processors.site",
             ],
+            # `{% url %}` answered from a per-process cache (see the module).
+            "builtins": ["accounts.templatetags.cached_url"],
         },
     },
 ]
@@ -107,7 +109,7 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "config.storage.StaticStorage"},
 }
 
 # Uploads are read into memory and checked before anything is stored; keep the ceiling explicit.
@@ -138,6 +140,15 @@ MIN_DEPOSIT_SATS = env.int("MIN_DEPOSIT_SATS", default=300_000)
 MIN_WITHDRAWAL_SATS = env.int("MIN_WITHDRAWAL_SATS", default=3_000_000)
 WORKER_STALE_SECONDS = env.int("WORKER_STALE_SECONDS", default=60)
 WORKER_INTERVAL_SECONDS = env.float("WORKER_INTERVAL_SECONDS", default=1.0)
+# Recovery walks every account and campaign; it only has work after a crash (and requests finish
+# expired locks they meet), so the worker runs it this often, and on its first pass.
+RECOVERY_INTERVAL_SECONDS = env.float("RECOVERY_INTERVAL_SECONDS", default=10.0)
+if not (RECOVERY_INTERVAL_SECONDS > 0 and RECOVERY_INTERVAL_SECONDS >= WORKER_INTERVAL_SECONDS):
+    # Below the worker's pause it would silently mean "every pass"; 0 or negative is a typo.
+    raise environ.ImproperlyConfigured(
+        f"RECOVERY_INTERVAL_SECONDS ({RECOVERY_INTERVAL_SECONDS:g}) must be positive and at least "
+        f"WORKER_INTERVAL_SECONDS ({WORKER_INTERVAL_SECONDS:g})"
+    )
 
 # Rate limits: attempts per window, per client (and per username for login).
 LOGIN_RATE_LIMIT = env.int("LOGIN_RATE_LIMIT", default=10)
@@ -149,6 +160,9 @@ WITHDRAW_RATE_LIMIT = env.int("WITHDRAW_RATE_LIMIT", default=20)
 # Live-ad API answers per key, campaign and slot (the original allowed 50); 0 turns it off.
 API_REQUESTS_PER_SLOT = env.int("API_REQUESTS_PER_SLOT", default=50)
 
+# Sessions are read from the shared cache and written through to the database: a logged-in page
+# skips one SQL query, and a cache that is lost or cleared only costs a database read.
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True

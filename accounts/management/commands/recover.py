@@ -1,4 +1,8 @@
-"""Roll forward whatever a crash left behind (every registered recovery pass), once or in a loop."""
+"""Roll forward whatever a crash left behind (every registered recovery pass), once or in a loop.
+
+Each pass runs at once when called (the first pass of the loop too); the loop then repeats it
+every RECOVERY_INTERVAL_SECONDS, the cadence recovery has inside `run_workers`.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,10 @@ HEARTBEAT = "recover"
 
 
 class Command(BaseCommand):
-    help = "Finish stale locks and other interrupted work; loops until SIGTERM unless --once."
+    help = (
+        "Finish stale locks and other interrupted work now; then every RECOVERY_INTERVAL_SECONDS "
+        "until SIGTERM, unless --once."
+    )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--once", action="store_true", help="run one pass and exit")
@@ -32,7 +39,7 @@ class Command(BaseCommand):
             passes = serve(
                 HEARTBEAT,
                 run_recovery,
-                interval=settings.WORKER_INTERVAL_SECONDS,
+                interval=settings.RECOVERY_INTERVAL_SECONDS,
                 once=once,
                 stop=stop,
                 report=report,
