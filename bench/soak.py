@@ -1172,10 +1172,11 @@ class Processes:
         raise RuntimeError(f"the docstore dump printed no result:\n{out}")
 
     def start_gunicorn(self) -> None:
-        # The arguments bin/serve uses (WEB_WORKERS=2), on our loopback port.
+        # The arguments bin/serve uses (its defaults: 2 workers, 8 threads), on our loopback port.
         self.gunicorn = subprocess.Popen(
             [GUNICORN, "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", "2", "--access-logfile", "-", "--graceful-timeout", "10"],
+             "--workers", "2", "--threads", "8", "--access-logfile", "-",
+             "--graceful-timeout", "10", "--reuse-port"],
             cwd=ROOT, env=self.env, stdout=self._log("access.log"), stderr=self._log("gunicorn.log"),
             start_new_session=True,
         )  # fmt: skip
