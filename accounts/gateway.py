@@ -53,6 +53,11 @@ def get_account(store: Store, username: str) -> Doc:
     return store.get(account_key(username))
 
 
+def get_balance(store: Store, username: str) -> int:
+    """The balance alone (for the page header): no need to decode the ledger it is stored with."""
+    return store.get_fields(account_key(username), ("balance",)).value["balance"]
+
+
 def ensure_account(store: Store, clock: Clock, username: str) -> Doc:
     """Create `account::<u>` if missing (registration, or first login after a crash).
 

@@ -1,16 +1,19 @@
 """The docstore API, modelled on a Couchbase collection (DESIGN.md section 3).
 
-Every backend implements the same seven calls with the same answers; `NotFound`, `AlreadyExists`
-and `CasMismatch` are answers, never retried inside a backend. `TemporaryFailure` is what a backend
-raises once its own bounded retries of a transient error are used up; `Ambiguous` means a write may
-or may not have been applied (the caller re-reads; it never blindly repeats).
+Every backend implements the same eight calls with the same answers: get, get_fields (a few
+named top-level fields of one document, without decoding the rest), get_multi, insert, replace,
+upsert, remove and counter. `NotFound`, `AlreadyExists` and `CasMismatch` are answers, never
+retried inside a backend. `TemporaryFailure` is what a backend raises once its own bounded retries
+of a transient error are used up; `Ambiguous` means a write may or may not have been applied (the
+caller re-reads; it never blindly repeats).
 """
 
 from __future__ import annotations
 
 import random
+import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -53,6 +56,16 @@ class Store:
     def get(self, key: str) -> Doc:
         raise NotImplementedError
 
+    def get_fields(self, key: str, fields: Sequence[str]) -> Doc:
+        """The named top-level fields of the document, as a dict, with the document's CAS.
+
+        A field the document lacks (or every field, if it is not a JSON object) is absent from the
+        dict; a field holding JSON null is there as None. `NotFound` if the document is absent.
+        The whole document is never decoded, so reading one small field of a large document is
+        cheap (a sub-document lookup on Couchbase). `fields` is checked by `field_names`.
+        """
+        raise NotImplementedError
+
     def get_multi(self, keys: Iterable[str]) -> dict[str, Doc]:
         raise NotImplementedError
 
@@ -74,6 +87,29 @@ class Store:
 
     def close(self) -> None:
         pass
+
+
+# The field names get_fields accepts: plain identifiers need no quoting in a SQLite JSON path or a
+# Couchbase sub-document path. At most 16 of them: one Couchbase lookup_in takes no more.
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_FIELDS = 16
+
+
+def field_names(fields: Sequence[str]) -> tuple[str, ...]:
+    """`fields` of a get_fields call, checked alike for every backend, without repeats, in order.
+
+    ValueError unless there are 1 to MAX_FIELDS names, each matching [A-Za-z_][A-Za-z0-9_]*;
+    TypeError for a bare string (a sequence of one-letter names is never what was meant).
+    """
+    if isinstance(fields, str | bytes):
+        raise TypeError("get_fields takes a sequence of field names, not a string")
+    names = tuple(dict.fromkeys(fields))
+    if not 1 <= len(names) <= MAX_FIELDS:
+        raise ValueError(f"get_fields takes 1 to {MAX_FIELDS} field names, not {len(names)}")
+    for name in names:
+        if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
+            raise ValueError(f"invalid field name {name!r}: must match [A-Za-z_][A-Za-z0-9_]*")
+    return names
 
 
 T = TypeVar("T")

@@ -8,7 +8,7 @@ harness in tests/harness build on this; production code never wraps its store.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .base import Store
@@ -45,6 +45,9 @@ class HookedStore(Store):
 
     def get(self, key: str):
         return self._call("get", key, lambda: self.inner.get(key))
+
+    def get_fields(self, key: str, fields: Sequence[str]):
+        return self._call("get_fields", key, lambda: self.inner.get_fields(key, fields))
 
     def get_multi(self, keys: Iterable[str]):
         keys = list(keys)

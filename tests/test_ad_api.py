@@ -386,6 +386,9 @@ class DownStore:
     def get(self, key):
         raise TemporaryFailure("couchbase timed out")
 
+    def get_fields(self, key, fields):
+        raise TemporaryFailure("couchbase timed out")
+
     def get_multi(self, keys):
         raise TemporaryFailure("couchbase timed out")
 

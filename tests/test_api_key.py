@@ -138,6 +138,9 @@ class RacingStore:
     def get(self, key):
         return self.inner.get(key)
 
+    def get_fields(self, key, fields):
+        return self.inner.get_fields(key, fields)
+
     def replace(self, key, value, cas):
         self.replaces += 1
         if self.replaces == 1 and self.mode == "rival":

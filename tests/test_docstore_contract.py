@@ -507,3 +507,158 @@ def test_top_level_values_need_not_be_objects(kv):
     for key, value in SCALARS.items():
         assert same_json(kv.get(f"scalar::{key}").value, value), key
         assert same_json(found[f"scalar::{key}"].value, value), key
+
+
+# -- get_fields ------------------------------------------------------------------------------------
+
+ACCOUNT = {
+    "username": "sam",
+    "apiKey": "k-123",
+    "balance": 0,
+    "lock": None,
+    "ledger": [{"amount": 5, "memo": "first"}, {"amount": -2, "memo": None}],
+    "btc": {"address": "bc1q", "pending": []},
+}
+
+
+def test_get_fields_returns_the_named_top_level_fields_with_the_documents_cas(kv):
+    cas = kv.insert("acct", ACCOUNT)
+    got = kv.get_fields("acct", ["apiKey", "balance", "ledger", "btc"])
+    assert got.cas == cas == kv.get("acct").cas
+    assert same_json(got.value, {k: ACCOUNT[k] for k in ("apiKey", "balance", "ledger", "btc")})
+    assert kv.get_fields("acct", ("apiKey",)) == Doc({"apiKey": "k-123"}, cas)
+    # Repeats are read once; the dict is keyed by name whatever the order asked.
+    assert kv.get_fields("acct", ["balance", "apiKey", "balance"]).value == {
+        "balance": 0,
+        "apiKey": "k-123",
+    }
+
+
+def test_get_fields_leaves_absent_fields_out_and_keeps_json_null_as_none(kv):
+    cas = kv.insert("acct", ACCOUNT)
+    assert kv.get_fields("acct", ["missing"]) == Doc({}, cas)
+    got = kv.get_fields("acct", ["lock", "missing", "apiKey", "apikey"])
+    assert got == Doc({"lock": None, "apiKey": "k-123"}, cas)
+    assert "lock" in got.value and "missing" not in got.value
+
+
+def test_get_fields_of_a_missing_document_is_not_found(kv):
+    with pytest.raises(NotFound):
+        kv.get_fields("missing", ["apiKey"])
+    cas = kv.insert("doc", ACCOUNT)
+    kv.remove("doc", cas)
+    with pytest.raises(NotFound):
+        kv.get_fields("doc", ["apiKey"])
+
+
+def test_get_fields_cas_is_the_current_one_and_a_replace_with_it_succeeds(kv):
+    stale = kv.insert("acct", ACCOUNT)
+    current = kv.replace("acct", {**ACCOUNT, "apiKey": "k-456"}, stale)
+    got = kv.get_fields("acct", ["apiKey"])
+    assert got == Doc({"apiKey": "k-456"}, current)
+    new = kv.replace("acct", {**ACCOUNT, "apiKey": "k-789"}, got.cas)
+    assert kv.get_fields("acct", ["apiKey"]) == Doc({"apiKey": "k-789"}, new)
+    with pytest.raises(CasMismatch):
+        kv.replace("acct", ACCOUNT, got.cas)
+
+
+def test_get_fields_returns_nested_values_whole_with_their_exact_types(kv):
+    cas = kv.insert("nested", NESTED)
+    got = kv.get_fields("nested", list(NESTED))
+    assert got.cas == cas and same_json(got.value, NESTED)
+    assert type(got.value["true"]) is bool and type(got.value["floats"][4]) is float
+    assert type(got.value["zero"]) is int and got.value["null"] is None
+    assert kv.get_fields("nested", ["empty"]).value == {
+        "empty": {"list": [], "dict": {}, "str": ""}
+    }
+
+
+def test_get_fields_values_are_copies_the_caller_may_change(kv):
+    kv.insert("acct", ACCOUNT)
+    got = kv.get_fields("acct", ["ledger", "btc"])
+    got.value["ledger"].append("changed")
+    got.value["btc"]["address"] = "changed"
+    assert same_json(kv.get_fields("acct", ["ledger", "btc"]).value["ledger"], ACCOUNT["ledger"])
+    assert same_json(kv.get("acct").value, ACCOUNT)
+
+
+def test_get_fields_unicode_values_round_trip_without_normalisation(kv):
+    value = {
+        "nfd": "e\u0301",
+        "nfc": "\u00e9",
+        "mixed": '😀 漢字 한국어 مرحبا \u2028 "quoted" \\ \u0000',
+        "list": ["🎉", {"k": "テスト"}],
+        "😀": "emoji key, not asked for",
+    }
+    for key in UNICODE_KEYS:
+        cas = kv.insert(key, value)
+        got = kv.get_fields(key, ["nfd", "nfc", "mixed", "list"])
+        assert got.cas == cas
+        assert same_json(got.value, {k: value[k] for k in ("nfd", "nfc", "mixed", "list")})
+        assert got.value["nfd"] != got.value["nfc"]
+
+
+def test_get_fields_of_a_document_that_is_not_an_object_finds_no_fields(kv):
+    for key, value in SCALARS.items():
+        cas = kv.insert(f"scalar::{key}", value)
+        assert kv.get_fields(f"scalar::{key}", ["int", "length", "v"]) == Doc({}, cas), key
+    kv.counter("n", 1, 7)
+    assert kv.get_fields("n", ["value"]) == Doc({}, kv.get("n").cas)
+
+
+def test_get_fields_respects_the_prefix(backend):
+    a, b = backend.make("tenant-a::"), backend.make("tenant-b::")
+    cas_a = a.insert("acct", {"apiKey": "from a"})
+    cas_b = b.insert("acct", {"apiKey": "from b"})
+    a.insert("only-a", {"apiKey": "a"})
+    assert a.get_fields("acct", ["apiKey"]) == Doc({"apiKey": "from a"}, cas_a)
+    assert b.get_fields("acct", ["apiKey"]) == Doc({"apiKey": "from b"}, cas_b)
+    with pytest.raises(NotFound):
+        b.get_fields("only-a", ["apiKey"])
+    with pytest.raises(NotFound):
+        backend.make().get_fields("acct", ["apiKey"])
+    assert backend.make().get_fields("tenant-a::acct", ["apiKey"]).value == {"apiKey": "from a"}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [""],
+        ["a.b"],
+        ["a[0]"],
+        ["$"],
+        ["$.apiKey"],
+        ["a b"],
+        ["1a"],
+        ["a-b"],
+        ["a'"],
+        ['a"'],
+        ["`a`"],
+        ["é"],
+        ["a\n"],
+        ["apiKey", "ok", "bad name"],
+        [None],
+        [1],
+        [],
+        [f"f{i}" for i in range(17)],
+    ],
+)
+def test_get_fields_refuses_invalid_field_names_before_reading(kv, fields):
+    kv.insert("acct", ACCOUNT)
+    with pytest.raises(ValueError):
+        kv.get_fields("acct", fields)
+    with pytest.raises(ValueError):
+        kv.get_fields("missing", fields)
+
+
+def test_get_fields_refuses_a_bare_string(kv):
+    kv.insert("acct", ACCOUNT)
+    with pytest.raises(TypeError):
+        kv.get_fields("acct", "apiKey")
+
+
+def test_get_fields_takes_up_to_sixteen_names(kv):
+    value = {f"f{i}": i for i in range(20)}
+    cas = kv.insert("wide", value)
+    names = [f"f{i}" for i in range(16)]
+    assert kv.get_fields("wide", names) == Doc({n: value[n] for n in names}, cas)

@@ -1,7 +1,8 @@
 """CouchbaseStore against a fake SDK collection: no server needed.
 
 The fake keeps Couchbase's own semantics (CAS, insert/replace/remove errors, binary counters,
-multi-get with per-key exceptions) and can inject SDK exceptions before or after applying an
+multi-get with per-key exceptions, sub-document lookups answered as the SDK's own
+LookupInResult with per-path statuses) and can inject SDK exceptions before or after applying an
 operation, which is how "applied but reported as a timeout" is simulated.
 """
 
@@ -14,12 +15,14 @@ import threading
 from types import SimpleNamespace
 
 import pytest
+from couchbase import subdocument
 from couchbase.durability import DurabilityLevel
 from couchbase.exceptions import (
     AmbiguousTimeoutException,
     CasMismatchException,
     DocumentExistsException,
     DocumentNotFoundException,
+    DocumentNotJsonException,
     DurabilitySyncWriteAmbiguousException,
     DurabilitySyncWriteInProgressException,
     RequestCanceledException,
@@ -27,6 +30,9 @@ from couchbase.exceptions import (
     UnAmbiguousTimeoutException,
 )
 from couchbase.options import DeltaValue, SignedInt64
+from couchbase.result import LookupInResult
+from couchbase.subdocument import SubDocOp, SubDocStatus
+from couchbase.transcoder import JSONTranscoder
 
 import docstore.base
 from docstore import AlreadyExists, Ambiguous, CasMismatch, NotFound, TemporaryFailure
@@ -117,6 +123,32 @@ class FakeCollection:
                 else:
                     exceptions[key] = DocumentNotFoundException(key)
             return FakeMulti(results, exceptions)
+
+    def lookup_in(self, key, specs, *opts):
+        """What the SDK answers: a LookupInResult over the core's raw fields, one per spec in
+        order, each with its status (0, or PathNotFound / PathMismatch) and, when found, the
+        path's JSON bytes. Top-level paths only, which is all CouchbaseStore asks for."""
+        specs = list(specs)
+
+        def op():
+            raw, cas = self._stored(key)
+            doc = json.loads(raw)
+            fields = []
+            for i, (opcode, path, xattr) in enumerate(specs):
+                assert opcode == SubDocOp.GET and not xattr
+                entry = {"path": path, "original_index": i, "opcode": int(opcode), "ec": 0}
+                if not isinstance(doc, dict):
+                    entry.update(status=int(SubDocStatus.PathMismatch), exists=False, value=b"")
+                elif path in doc:
+                    found = json.dumps(doc[path]).encode()
+                    entry.update(status=0, exists=True, value=found)
+                else:
+                    entry.update(status=int(SubDocStatus.PathNotFound), exists=False, value=b"")
+                fields.append(entry)
+            core = SimpleNamespace(raw_result={"cas": cas, "fields": fields, "deleted": False})
+            return LookupInResult(core, transcoder=JSONTranscoder(), is_subdoc=True, key=key)
+
+        return self._run("lookup_in", key, (specs, opts), op)
 
     def insert(self, key, value, opts=None):
         def op():
@@ -376,6 +408,75 @@ def test_get_multi_of_many_keys_is_sent_in_bounded_batches(kv, fake):
     sizes = [len(keys) for op, keys, _ in fake.calls if op == "get_multi"]
     assert sizes == [1000, 1000, 500]
     assert kv.get_multi([]) == {}
+
+
+# -- get_fields: sub-document lookups --------------------------------------------------------------
+
+ACCOUNT = {"apiKey": "k-1", "balance": 7, "lock": None, "ledger": [{"amount": 5}], "btc": {}}
+
+
+def test_get_fields_is_one_lookup_in_with_a_get_spec_per_field(kv, fake):
+    cas = kv.insert("acct", ACCOUNT)
+    got = kv.get_fields("acct", ["apiKey", "lock", "missing", "ledger", "apiKey"])
+    assert got == docstore.base.Doc({"apiKey": "k-1", "lock": None, "ledger": [{"amount": 5}]}, cas)
+    op, key, (specs, _opts) = fake.calls[-1]
+    assert (op, key) == ("lookup_in", "t1::acct")
+    assert specs == [subdocument.get(name) for name in ("apiKey", "lock", "missing", "ledger")]
+    assert fake.count("get") == 0
+
+
+def test_get_fields_of_a_missing_document_is_not_found_and_not_retried(kv, fake):
+    with pytest.raises(NotFound):
+        kv.get_fields("nope", ["apiKey"])
+    assert fake.count("lookup_in") == 1
+
+
+def test_get_fields_of_a_document_that_is_not_an_object_finds_no_fields(kv, fake):
+    cas = kv.upsert("list", [1, 2])
+    assert kv.get_fields("list", ["apiKey"]) == docstore.base.Doc({}, cas)
+    kv.counter("n", 1, 5)
+    assert kv.get_fields("n", ["apiKey", "x"]).value == {}
+
+
+def test_get_fields_of_a_document_the_server_says_is_not_json_reads_its_cas(kv, fake):
+    kv.counter("n", 1, 5)
+    fake.fail("lookup_in", DocumentNotJsonException)
+    assert kv.get_fields("n", ["apiKey"]) == docstore.base.Doc({}, fake.docs["t1::n"][1])
+    assert fake.count("lookup_in") == 1 and fake.count("get") == 1
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        TemporaryFailException,
+        UnAmbiguousTimeoutException,
+        AmbiguousTimeoutException,
+        RequestCanceledException,
+    ],
+)
+def test_get_fields_retries_any_transient_error_like_a_read(kv, fake, exc):
+    cas = kv.insert("acct", ACCOUNT)
+    fake.fail("lookup_in", exc)
+    assert kv.get_fields("acct", ["apiKey"]) == docstore.base.Doc({"apiKey": "k-1"}, cas)
+    assert fake.count("lookup_in") == 2
+
+
+def test_get_fields_errors_that_outlast_the_retries_become_temporary_failure(kv, fake):
+    kv.insert("acct", ACCOUNT)
+    for _ in range(8):
+        fake.fail("lookup_in", AmbiguousTimeoutException)
+    with pytest.raises(TemporaryFailure):
+        kv.get_fields("acct", ["apiKey"])
+    assert fake.count("lookup_in") == 8
+
+
+@pytest.mark.parametrize(
+    "fields", [["a.b"], ["a[0]"], ["`a`"], [""], [], [f"f{i}" for i in range(17)]]
+)
+def test_get_fields_checks_the_names_before_sending_anything(kv, fake, fields):
+    with pytest.raises(ValueError):
+        kv.get_fields("acct", fields)
+    assert fake.calls == []
 
 
 # -- ambiguous writes ------------------------------------------------------------------------------

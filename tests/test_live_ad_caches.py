@@ -70,6 +70,10 @@ class CountingStore:
         self.reads.append(key.split("::")[0])
         return self.inner.get(key)
 
+    def get_fields(self, key, fields):
+        self.reads.append(key.split("::")[0])
+        return self.inner.get_fields(key, fields)
+
     def get_multi(self, keys):
         keys = list(keys)
         self.reads.extend(k.split("::")[0] for k in keys)

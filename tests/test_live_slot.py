@@ -30,6 +30,10 @@ class CountingStore:
         self.gets += 1
         return self.inner.get(key)
 
+    def get_fields(self, key, fields):
+        self.gets += 1
+        return self.inner.get_fields(key, fields)
+
     def get_multi(self, keys):
         self.multi += 1
         return self.inner.get_multi(keys)

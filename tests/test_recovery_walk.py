@@ -26,7 +26,7 @@ NAMES = ["alice", "bob", "cat", "dan", "eve"]
 
 
 class ReadCounter(HookedStore):
-    """Counts every key read, by `get` and by `get_multi` separately."""
+    """Counts every key read, by `get` (or `get_fields`) and by `get_multi` separately."""
 
     def __init__(self, inner):
         super().__init__(inner, Hook())
@@ -36,6 +36,10 @@ class ReadCounter(HookedStore):
     def get(self, key):
         self.gets[key] += 1
         return super().get(key)
+
+    def get_fields(self, key, fields):
+        self.gets[key] += 1
+        return super().get_fields(key, fields)
 
     def get_multi(self, keys):
         keys = list(keys)

@@ -6,7 +6,7 @@ import logging
 
 from django import template
 
-from accounts.gateway import get_account
+from accounts.gateway import get_balance
 from accounts.money import format_btc, permille_as_percent
 from docstore import DocstoreError, NotFound, get_store
 
@@ -41,14 +41,18 @@ def percent(permille) -> str:
 @register.simple_tag(takes_context=True)
 def account_balance(context) -> int | None:
     """The signed-in user's balance in sats for the page header, or None if unknown."""
-    request = context.get("request")
+    if "own_balance" in context:
+        return context["own_balance"]  # the page has just read the account doc itself
+    return account_balance_of(context.get("request"))
+
+
+def account_balance_of(request) -> int | None:
+    """The balance of the request's signed-in user in sats, or None (signed out, or unknown)."""
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return None
-    if "own_balance" in context:
-        return context["own_balance"]  # the page has just read the account doc itself
     try:
-        return get_account(get_store(), user.username).value["balance"]
+        return get_balance(get_store(), user.username)
     except NotFound:
         return None  # created at the next login or visit to the account page
     except DocstoreError:

@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from couchbase import subdocument
 from couchbase.durability import DurabilityLevel, ServerDurability
 from couchbase.exceptions import (
     AmbiguousTimeoutException,
@@ -27,8 +28,10 @@ from couchbase.exceptions import (
     DocumentExistsException,
     DocumentLockedException,
     DocumentNotFoundException,
+    DocumentNotJsonException,
     DurabilitySyncWriteAmbiguousException,
     DurabilitySyncWriteInProgressException,
+    PathMismatchException,
     RateLimitedException,
     RequestCanceledException,
     ServiceUnavailableException,
@@ -55,6 +58,7 @@ from ..base import (
     NotFound,
     Store,
     TemporaryFailure,
+    field_names,
     retry_transient,
 )
 
@@ -104,6 +108,11 @@ def _is_transient_write(exc: BaseException) -> bool:
 def _is_transient_read(exc: BaseException) -> bool:
     # A read has no effect, so even an ambiguous timeout is safe to repeat.
     return isinstance(exc, NOT_APPLIED + MAYBE_APPLIED)
+
+
+def _as_is(value: Any) -> Any:
+    """For `LookupInResult.content_as[_as_is](i)`: the field's decoded JSON, whatever its type."""
+    return value
 
 
 def _canonical(value: Any) -> str:
@@ -269,6 +278,29 @@ class CouchbaseStore(Store):
         if doc is None:
             raise NotFound(key)
         return doc
+
+    def get_fields(self, key: str, fields: Sequence[str]) -> Doc:
+        names = field_names(fields)
+        coll, full = self._collection(), self.prefix + key
+        specs = [subdocument.get(name) for name in names]
+        try:
+            res = self._read(lambda: coll.lookup_in(full, specs))
+        except DocumentNotFoundException:
+            raise NotFound(key) from None
+        except DocumentNotJsonException:
+            # Not JSON to the server (a binary counter): no fields, but the caller gets its CAS.
+            return Doc({}, self.get(key).cas)
+        found: dict[str, Any] = {}
+        for i, name in enumerate(names):
+            # A missing path is a per-field status, not an error: exists() is False for it. A
+            # document that is not a JSON object (a counter, a list) has none of the fields.
+            try:
+                if not res.exists(i):
+                    continue
+            except (PathMismatchException, DocumentNotJsonException):
+                continue
+            found[name] = res.content_as[_as_is](i)
+        return Doc(found, res.cas)
 
     def get_multi(self, keys: Iterable[str]) -> dict[str, Doc]:
         wanted = list(dict.fromkeys(self.prefix + k for k in keys))

@@ -29,13 +29,21 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..base import AlreadyExists, CasMismatch, Doc, NotFound, Store, retry_transient
+from ..base import (
+    AlreadyExists,
+    CasMismatch,
+    Doc,
+    NotFound,
+    Store,
+    field_names,
+    retry_transient,
+)
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS docs (key TEXT PRIMARY KEY, value TEXT NOT NULL, cas INTEGER NOT NULL) WITHOUT ROWID"
 _MULTI_CHUNK = 500
@@ -242,6 +250,23 @@ class EmbeddedStore(Store):
         if row is None:
             raise NotFound(key)
         return Doc(json.loads(row[0]), row[1])
+
+    def get_fields(self, key: str, fields: Sequence[str]) -> Doc:
+        names = field_names(fields)
+        # `value -> '$.name'` is the field's JSON text, NULL when absent (and for every name when
+        # the document is not an object): SQLite walks the document, Python decodes only the
+        # fields. The paths are bound parameters; field_names allows no name that needs quoting.
+        row = self._run(
+            f"SELECT cas{', value -> ?' * len(names)} FROM docs WHERE key = ?",  # noqa: S608 - only placeholders
+            (*[f"$.{name}" for name in names], self.prefix + key),
+        ).fetchone()
+        if row is None:
+            raise NotFound(key)
+        cas, *raws = row
+        found = {
+            name: json.loads(raw) for name, raw in zip(names, raws, strict=True) if raw is not None
+        }
+        return Doc(found, cas)
 
     def get_multi(self, keys: Iterable[str]) -> dict[str, Doc]:
         keys = list(dict.fromkeys(keys))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..base import AlreadyExists, CasMismatch, Doc, NotFound, Store
+from ..base import AlreadyExists, CasMismatch, Doc, NotFound, Store, field_names
 
 
 class MemoryStore(Store):
@@ -28,6 +28,14 @@ class MemoryStore(Store):
             except KeyError:
                 raise NotFound(key) from None
         return Doc(json.loads(raw), cas)
+
+    def get_fields(self, key: str, fields: Sequence[str]) -> Doc:
+        names = field_names(fields)
+        doc = self.get(key)  # decoded afresh from the stored JSON: the caller owns every value
+        value = doc.value
+        if not isinstance(value, dict):
+            return Doc({}, doc.cas)
+        return Doc({name: value[name] for name in names if name in value}, doc.cas)
 
     def get_multi(self, keys: Iterable[str]) -> dict[str, Doc]:
         found = {}
