@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.template.loader import render_to_string
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from docstore import Store
 
@@ -75,9 +75,12 @@ def _render(store: Store, owner: str, n: int, campaign: dict, now: int) -> Slots
     until = None
     if queue:
         until = int(queue[0].ends_at.timestamp() if live else queue[0].starts_at.timestamp())
+    showing = render_to_string("adspace/_campaign_showing.html", {"live_ad": live_ad})
+    queue_html = render_to_string("adspace/_campaign_queue.html", {"queue": queue})
+    # Jinja2 hands back plain text; it is our own escaped markup, to be inserted as it is.
     return SlotsPart(
-        showing=render_to_string("adspace/_campaign_showing.html", {"live_ad": live_ad}),
-        queue=render_to_string("adspace/_campaign_queue.html", {"queue": queue}),
+        showing=mark_safe(showing),  # noqa: S308
+        queue=mark_safe(queue_html),  # noqa: S308
         computed_at=now,
         until=until,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.contrib.messages import get_messages
 
 import docstore
 from accounts import locks
@@ -48,7 +49,11 @@ def balance(store, name: str) -> int:
 
 
 def messages_of(response) -> list[str]:
-    return [str(m) for m in response.context["messages"]]
+    """The messages the page after the redirect showed (they are also checked in its HTML)."""
+    shown = [str(m) for m in get_messages(response.wsgi_request)]
+    page = response.content.decode()
+    assert all(text in page for text in shown)
+    return shown
 
 
 # --- the form -----------------------------------------------------------------------------------
@@ -237,7 +242,7 @@ def test_an_ad_of_the_wrong_size_is_a_400(me, store, clock, campaign):
     gateway.create_filler(store, clock, "buyer", "tiny", "h", "https://a.test/", 100, 100, "0")
     response = me.post(BUY, {"filler": "0", "accepted_price": str(M)})
     assert response.status_code == 400
-    assert "This space takes 300x250 px ads; &#x27;tiny&#x27; is 100x100 px." in (
+    assert "This space takes 300x250 px ads; &#39;tiny&#39; is 100x100 px." in (
         response.content.decode()
     )
 

@@ -391,4 +391,4 @@ def test_the_sell_page_shows_earnings_and_embed_snippets(client, db, store, cloc
     client.force_login(user)
     html = client.get("/ads/sell-ad-space/").content.decode()
     assert "0.00098500" in html  # 100 000 sats sold, 1.5 % fee kept
-    assert "data-campaign=&quot;sam/0&quot;" in html and "/embed/sam/0" in html
+    assert "data-campaign=&#34;sam/0&#34;" in html and "/embed/sam/0" in html

@@ -66,7 +66,7 @@ def test_the_embed_shows_the_live_ad_at_its_size(client, store, clock, world):
 def test_the_hover_text_is_escaped(client, store, clock, world):
     sell(store, clock)
     page = html(client.get(URL))
-    escaped = "bob says &lt;b&gt;hi&lt;/b&gt; &amp; &quot;bye&quot;"
+    escaped = "bob says &lt;b&gt;hi&lt;/b&gt; &amp; &#34;bye&#34;"
     assert f'title="{escaped}"' in page and f'alt="{escaped}"' in page
     assert "<b>hi</b>" not in page
 

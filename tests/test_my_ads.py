@@ -99,7 +99,7 @@ def test_html_in_the_texts_is_shown_escaped(me):
     html = response.content.decode()
     assert "<script>alert(1)" not in html
     assert '" onmouseover="x' not in html
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;&quot; onmouseover=&quot;x" in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&#34; onmouseover=&#34;x" in html
 
 
 def test_the_list_is_newest_first_ten_a_page(me, store, clock):

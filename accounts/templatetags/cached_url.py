@@ -26,18 +26,38 @@ def _plain(value) -> bool:
     return type(value) in (str, int)
 
 
-def cached_reverse(view_name: str, args: tuple = (), current_app: str | None = None) -> str:
+def url_scope() -> tuple[str, str | None]:
+    """What besides its name and arguments decides a URL: the script prefix and the URLconf.
+
+    Both are fixed for the rest of a request once its middleware has run, so a page may look
+    them up once and pass them to every `cached_reverse` (each lookup costs ~10 us).
+    """
+    return get_script_prefix(), get_urlconf()
+
+
+def cached_reverse(
+    view_name: str,
+    args: tuple = (),
+    current_app: str | None = None,
+    scope: tuple[str, str | None] | None = None,
+) -> str:
     """`reverse(view_name, args=args)`, answered from the per-process cache when it can be.
 
     Raises NoReverseMatch like `reverse`. Only plain string and integer arguments are cached.
     """
     if not all(_plain(a) for a in args):
         return reverse(view_name, args=args, current_app=current_app)
-    return _cached(view_name, args, (), current_app)
+    return _cached(view_name, args, (), current_app, scope)
 
 
-def _cached(view_name: str, args: tuple, kwargs: tuple, current_app: str | None) -> str:
-    key = (view_name, args, kwargs, current_app, get_script_prefix(), get_urlconf())
+def _cached(
+    view_name: str,
+    args: tuple,
+    kwargs: tuple,
+    current_app: str | None,
+    scope: tuple[str, str | None] | None = None,
+) -> str:
+    key = (view_name, args, kwargs, current_app, *(scope or url_scope()))
     url = _paths.get(key)
     if url is None:
         url = reverse(view_name, args=args, kwargs=dict(kwargs), current_app=current_app)
