@@ -47,11 +47,18 @@ from ..base import (
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS docs (key TEXT PRIMARY KEY, value TEXT NOT NULL, cas INTEGER NOT NULL) WITHOUT ROWID"
 _MULTI_CHUNK = 500
+# get_fields answers kept per process (key and names -> CAS and field texts); cleared when full.
+_FIELDS_CACHE_SIZE = 4096
 _STATE_LOCK = threading.Lock()
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _decode_fields(names: tuple[str, ...], raws: list[str | None]) -> dict[str, Any]:
+    """Fresh values every call, so a caller may change what it gets."""
+    return {name: json.loads(raw) for name, raw in zip(names, raws, strict=True) if raw is not None}
 
 
 def _new_cas() -> int:
@@ -100,6 +107,7 @@ class EmbeddedStore(Store):
         self.durable = durable
         self._local = threading.local()
         self._process_state: tuple[int, _ProcessState] | None = None
+        self._fields: dict[tuple[str, tuple[str, ...]], tuple[int, list[str | None]]] = {}
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         # Processes opening a fresh file at once race to switch it to WAL, and SQLite reports the
         # loser as "locked" at once, without waiting on busy_timeout: retry like any busy error.
@@ -253,20 +261,32 @@ class EmbeddedStore(Store):
 
     def get_fields(self, key: str, fields: Sequence[str]) -> Doc:
         names = field_names(fields)
+        full_key = self.prefix + key
+        # SQLite parses the whole document for `->` (~40 us for a 5 KB account), so the fields'
+        # JSON texts are kept per process with the CAS they were read at: a read costs one
+        # look at the CAS, and the document is parsed again only after it has changed. CAS
+        # values are random and never reused, so no other write can look unchanged.
+        cached = self._fields.get((full_key, names))
+        if cached is not None:
+            row = self._run("SELECT cas FROM docs WHERE key = ?", (full_key,)).fetchone()
+            if row is None:
+                raise NotFound(key)
+            if row[0] == cached[0]:
+                return Doc(_decode_fields(names, cached[1]), cached[0])
         # `value -> '$.name'` is the field's JSON text, NULL when absent (and for every name when
-        # the document is not an object): SQLite walks the document, Python decodes only the
-        # fields. The paths are bound parameters; field_names allows no name that needs quoting.
+        # the document is not an object). The paths are bound parameters; field_names allows no
+        # name that needs quoting.
         row = self._run(
             f"SELECT cas{', value -> ?' * len(names)} FROM docs WHERE key = ?",  # noqa: S608 - only placeholders
-            (*[f"$.{name}" for name in names], self.prefix + key),
+            (*[f"$.{name}" for name in names], full_key),
         ).fetchone()
         if row is None:
             raise NotFound(key)
         cas, *raws = row
-        found = {
-            name: json.loads(raw) for name, raw in zip(names, raws, strict=True) if raw is not None
-        }
-        return Doc(found, cas)
+        if len(self._fields) >= _FIELDS_CACHE_SIZE:
+            self._fields.clear()
+        self._fields[(full_key, names)] = (cas, raws)
+        return Doc(_decode_fields(names, raws), cas)
 
     def get_multi(self, keys: Iterable[str]) -> dict[str, Doc]:
         keys = list(dict.fromkeys(keys))
