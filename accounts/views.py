@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from html import escape
 
@@ -35,6 +36,7 @@ KIND_LABELS = {
     "withdraw-refund": "Withdrawal refunded",
     "adjust": "Adjustment by staff",
 }
+_ESCAPED_LABELS = {kind: escape(label) for kind, label in KIND_LABELS.items()}
 
 # What an account lock means to its owner, while it is held.
 LOCK_LABELS = {
@@ -169,16 +171,21 @@ def _ledger_rows(entries: list[dict]) -> str:
     for entry in entries:
         delta = entry["delta"]
         change = f"+{format_btc(delta)}" if delta > 0 else format_btc(delta)
-        at = datetime.fromtimestamp(entry["at"], tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+        kind = entry["kind"]
+        label = _ESCAPED_LABELS.get(kind) or escape(str(kind))
         rows.append(
-            f'<tr><td class="nowrap">{at}</td>'
-            f"<td>{escape(KIND_LABELS.get(entry['kind'], str(entry['kind'])))}</td>"
+            f'<tr><td class="nowrap">{_STAMP % time.gmtime(entry["at"])[:6]}</td>'
+            f"<td>{label}</td>"
             f"<td><code>{escape(str(entry['ref']))}</code></td>"
             f'<td class="num amount {"debit" if delta < 0 else "credit"}">{change}</td>'
             f'<td class="num amount">{format_btc(entry["balanceAfter"])}</td>'
             f"<td>{escape(str(entry.get('reason', '')))}</td></tr>"
         )
     return mark_safe("\n".join(rows))  # noqa: S308 - the text fields are escaped, the rest are numbers
+
+
+# A ledger time in UTC as "Y-m-d H:i:s" from time.gmtime: a third of datetime's strftime.
+_STAMP = "%04d-%02d-%02d %02d:%02d:%02d"
 
 
 def _page_or_404(paginator: Paginator, number: str | None) -> Page:

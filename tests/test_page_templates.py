@@ -11,6 +11,7 @@ from django.test import RequestFactory
 from django.urls import reverse, set_script_prefix
 from django.utils.html import format_html
 
+from accounts import templating
 from accounts.templatetags import cached_url
 
 
@@ -21,8 +22,10 @@ def render(source: str, request=None, **context) -> str:
 @pytest.fixture(autouse=True)
 def _empty_url_cache():
     cached_url._paths.clear()
+    templating._links.clear()
     yield
     cached_url._paths.clear()
+    templating._links.clear()
     set_script_prefix("/")
 
 
@@ -96,3 +99,17 @@ def test_messages_keep_their_links_and_escape_user_text(client, make_user):
     page = engines["jinja2"].get_template("base.html").render({}, request)
     assert '<a href="/account/">Add funds</a>' in page
     assert "&lt;script&gt;x&lt;/script&gt;" in page and "<script>x" not in page
+
+
+def test_a_link_with_an_object_argument_is_built_afresh_each_time():
+    class Name:
+        text = "sam"
+
+        def __str__(self):
+            return self.text
+
+    request = RequestFactory().get("/")
+    name = Name()
+    assert render("{{ url('seller', name) }}", request, name=name) == "/ads/buy-ad-space/sam/"
+    name.text = "ann"
+    assert render("{{ url('seller', name) }}", request, name=name) == "/ads/buy-ad-space/ann/"
