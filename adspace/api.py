@@ -23,6 +23,8 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import TooManyFieldsSent
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, HttpResponseNotModified
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -262,9 +264,34 @@ def _slot_ident(request: HttpRequest, store: Store, answer: serving.Showing) -> 
     return (*_scope(request, store), answer.index, tuple(map(slot.get, _SLOT_FIELDS)))
 
 
+# What the host headers of a request mean is fixed for a process (ALLOWED_HOSTS and the proxy
+# settings do not change while it runs), and CommonMiddleware has already checked them once for
+# this request: (headers) -> checked host, for the hosts this site answers to.
+_hosts = serving.BoundedCache(256)
+_HOST_SETTINGS = {"ALLOWED_HOSTS", "USE_X_FORWARDED_HOST", "USE_X_FORWARDED_PORT", "DEBUG"}
+
+
+@receiver(setting_changed)
+def _forget_hosts(setting: str, **kwargs) -> None:
+    if setting in _HOST_SETTINGS:  # only tests change settings while a process runs
+        _hosts.clear()
+
+
 def _scheme_host(request: HttpRequest) -> str:
     """The request's "scheme://host", the host checked against ALLOWED_HOSTS."""
-    return f"{request.scheme}://{request.get_host()}"
+    meta = request.META
+    headers = (
+        meta.get("HTTP_X_FORWARDED_HOST"),
+        meta.get("HTTP_X_FORWARDED_PORT"),
+        meta.get("HTTP_HOST"),
+        meta.get("SERVER_NAME"),
+        meta.get("SERVER_PORT"),
+    )
+    host = _hosts.get(headers)
+    if host is None:
+        host = request.get_host()  # raises DisallowedHost for a host we do not serve
+        _hosts.put(headers, host)
+    return f"{request.scheme}://{host}"
 
 
 def _campaign_url(request: HttpRequest, store: Store, owner: str, n: int) -> str:
