@@ -16,7 +16,7 @@ class AdspaceConfig(AppConfig):
         audit.register_audit(adspace_audit.audit_adspace)
         # The API key tab lives in accounts, which must not import adspace.
         apikeys.set_campaign_lister(api.seller_campaigns)
-        workers.register_task("creditor", credit.credit_all)
+        workers.register_task("creditor", credit.run_creditor)
 
         from . import admin_pages
 

@@ -20,7 +20,11 @@ credited for a sale whose buyer still holds the money, and the books never count
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+
+from django.conf import settings
 
 from accounts import locks
 from accounts.gateway import get_account
@@ -247,61 +251,103 @@ def credit_campaign(store: Store, clock: Clock, owner: str, n: int) -> int:
     return _walk(store, clock, owner, n).credited
 
 
-def credit_all(store: Store, clock: Clock) -> dict[str, int]:
+def credit_all(store: Store, clock: Clock, threads: int = 1) -> dict[str, int]:
     """One creditor pass over every campaign (the worker task "creditor").
 
     A pass with nothing to do costs the directory walk plus, per 500 campaigns, one batched read
     of their cursors and one of the tx each cursor points at: only campaigns whose next tx exists
-    are walked (their campaign docs come in one more batched read). A seller found busy is skipped for the rest of the pass (the original's locked
-    set): their other campaigns would only find the same lock.
+    are walked (their campaign docs come in one more batched read). A seller found busy is
+    skipped for the rest of the pass (the original's locked set): their other campaigns would
+    only find the same lock.
+
+    With `threads` > 1, different sellers are credited at once, each seller's campaigns in turn
+    by one thread (so a pass never meets its own credit lock). Every step is a CAS or an insert
+    that accepts "already done", exactly as when two worker processes overlap; the gain is that
+    their durable writes share commits (a sale's credit is three of them).
     """
     counters = {"credited": 0, "sats": 0, "campaigns": 0, "busy": 0, "errors": 0}
     refs = list(gateway.iter_campaign_refs(store))
     busy: set[str] = set()
-    for start in range(0, len(refs), CHUNK):
-        chunk = refs[start : start + CHUNK]
-        cursors = store.get_multi([gateway.creditcursor_key(o, n) for o, n in chunk])
-        heads: dict[str, tuple[str, int]] = {}
-        for owner, n in chunk:
-            doc = cursors.get(gateway.creditcursor_key(owner, n))
-            k = (doc.value if doc else _empty_cursor())["next"]
-            heads[gateway.tx_key(owner, n, k)] = (owner, n)
-        found = store.get_multi(list(heads))
-        # Nothing sold since the cursor (or the sale is still in flight): nothing to walk.
-        active = {key: ref for key, ref in heads.items() if key in found}
-        campaigns = (
-            store.get_multi([gateway.campaign_key(o, n) for o, n in active.values()])
-            if active
-            else {}
-        )
-        for key, (owner, n) in active.items():
-            campaign = campaigns.get(gateway.campaign_key(owner, n))
-            if campaign is None:
-                continue
-            if owner in busy:
-                counters["busy"] += 1
-                continue
-            counters["campaigns"] += 1
-            try:
-                walk = _walk(store, clock, owner, n, cursors, campaign.value, found[key])
-            except locks.AccountMissing:
-                log.error("seller %s of campaign %s has no account", owner, n)
-                counters["errors"] += 1
-                continue
-            except DocstoreError as exc:
-                # Transient or ambiguous: everything so far is idempotent; the next pass resumes.
-                log.warning("crediting %s/%s failed (%r); next pass", owner, n, exc)
-                counters["errors"] += 1
-                continue
-            counters["credited"] += walk.credited
-            counters["sats"] += walk.sats
-            if walk.busy:
-                busy.add(owner)
-                counters["busy"] += 1
-            for missing in walk.missing:
-                log.error("%s is missing below its campaign's last slot", missing)
-                counters["errors"] += 1
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="creditor") if threads > 1 else None
+    try:
+        for start in range(0, len(refs), CHUNK):
+            chunk = refs[start : start + CHUNK]
+            cursors = store.get_multi([gateway.creditcursor_key(o, n) for o, n in chunk])
+            heads: dict[str, tuple[str, int]] = {}
+            for owner, n in chunk:
+                doc = cursors.get(gateway.creditcursor_key(owner, n))
+                k = (doc.value if doc else _empty_cursor())["next"]
+                heads[gateway.tx_key(owner, n, k)] = (owner, n)
+            found = store.get_multi(list(heads))
+            # Nothing sold since the cursor (or the sale is still in flight): nothing to walk.
+            active = {key: ref for key, ref in heads.items() if key in found}
+            campaigns = (
+                store.get_multi([gateway.campaign_key(o, n) for o, n in active.values()])
+                if active
+                else {}
+            )
+            work: dict[str, list[tuple[int, Doc, Doc]]] = {}
+            for key, (owner, n) in active.items():
+                campaign = campaigns.get(gateway.campaign_key(owner, n))
+                if campaign is None:
+                    continue
+                if owner in busy:
+                    counters["busy"] += 1
+                    continue
+                work.setdefault(owner, []).append((n, campaign, found[key]))
+
+            owners, lists = list(work), list(work.values())
+            seller = partial(_credit_seller, store, clock, cursors=cursors)
+            results = (pool.map if pool and len(owners) > 1 else map)(seller, owners, lists)
+            for owner, result in zip(owners, results, strict=True):
+                if result.pop("sellerBusy"):
+                    busy.add(owner)
+                for name, value in result.items():
+                    counters[name] += value
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     return counters
+
+
+def _credit_seller(
+    store: Store,
+    clock: Clock,
+    owner: str,
+    campaigns: list[tuple[int, Doc, Doc]],
+    cursors: dict[str, Doc],
+) -> dict[str, int]:
+    """Walk one seller's campaigns of a chunk in turn; stop at the first that finds them busy."""
+    out = {"credited": 0, "sats": 0, "campaigns": 0, "busy": 0, "errors": 0, "sellerBusy": 0}
+    for i, (n, campaign, head) in enumerate(campaigns):
+        out["campaigns"] += 1
+        try:
+            walk = _walk(store, clock, owner, n, cursors, campaign.value, head)
+        except locks.AccountMissing:
+            log.error("seller %s of campaign %s has no account", owner, n)
+            out["errors"] += 1
+            continue
+        except DocstoreError as exc:
+            # Transient or ambiguous: everything so far is idempotent; the next pass resumes.
+            log.warning("crediting %s/%s failed (%r); next pass", owner, n, exc)
+            out["errors"] += 1
+            continue
+        out["credited"] += walk.credited
+        out["sats"] += walk.sats
+        for missing in walk.missing:
+            log.error("%s is missing below its campaign's last slot", missing)
+            out["errors"] += 1
+        if walk.busy:
+            # This campaign and every later one of the seller's wait for the next pass.
+            out["busy"] += len(campaigns) - i
+            out["sellerBusy"] = 1
+            break
+    return out
+
+
+def run_creditor(store: Store, clock: Clock) -> dict[str, int]:
+    """The creditor as the worker runs it: sellers in parallel (CREDITOR_THREADS)."""
+    return credit_all(store, clock, threads=settings.CREDITOR_THREADS)
 
 
 # --- earnings, for the sell page ------------------------------------------------------------

@@ -263,9 +263,9 @@ from docstore import get_store, get_clock
 from accounts.recovery import run_recovery
 store, clock = get_store(), get_clock()
 t = time.perf_counter(); run_recovery(store, clock); recovery = time.perf_counter() - t
-from adspace.credit import credit_all
-t = time.perf_counter(); left = credit_all(store, clock)["credited"]; credit = time.perf_counter() - t
-t = time.perf_counter(); credit_all(store, clock); credit_idle = time.perf_counter() - t
+from adspace.credit import run_creditor
+t = time.perf_counter(); left = run_creditor(store, clock)["credited"]; credit = time.perf_counter() - t
+t = time.perf_counter(); run_creditor(store, clock); credit_idle = time.perf_counter() - t
 print({"recovery pass s": round(recovery, 3),
        f"creditor pass s (credits {left} sales the worker left)": round(credit, 3),
        "idle creditor pass s": round(credit_idle, 3)})

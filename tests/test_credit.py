@@ -3,6 +3,7 @@ the lock finisher, the audit's credit checks and the `credit_sellers` command.""
 
 from __future__ import annotations
 
+import threading
 from io import StringIO
 
 import pytest
@@ -11,7 +12,7 @@ from django.core.management import call_command
 from accounts import locks, workers
 from accounts.adjust import adjust_balance
 from accounts.audit import run_audit
-from accounts.gateway import full_ledger, get_account
+from accounts.gateway import ensure_account, full_ledger, get_account
 from accounts.heartbeat import last_beat
 from accounts.recovery import run_recovery
 from accounts.workers import StopFlag
@@ -149,6 +150,59 @@ def test_a_busy_seller_is_skipped_then_credited_next_pass(store, clock, market):
     locks.settle(store, clock, "sam", lock["token"], 5)
     assert credit.credit_all(store, clock)["credited"] == 2
     assert balance(store, "sam") == 5 + 2 * 98_500
+    assert_audit_clean(store)
+
+
+def many_sellers_with_sales(store, clock, sellers=6):
+    make_market(store, clock, funds=10**12)
+    for i in range(sellers):
+        name = f"seller{i}"
+        ensure_account(store, clock, name)
+        for _ in range(2):
+            n = gateway.create_campaign(store, clock, name, M, 24, 300, 250, [])
+            for buyer in ("bob", "cat"):
+                clock.advance(60)
+                buy.buy_next_slot(store, clock, buyer, name, n, 0, HUGE)
+    return [f"seller{i}" for i in range(sellers)]
+
+
+def test_a_pass_crediting_sellers_in_parallel_credits_each_sale_once(store, clock):
+    sellers = many_sellers_with_sales(store, clock)
+    counters = credit.credit_all(store, clock, threads=4)
+    assert (counters["credited"], counters["errors"], counters["busy"]) == (24, 0, 0)
+    for name in sellers:
+        assert len(credits(store, name)) == 4
+    assert_audit_clean(store)
+    assert writes_of(credit.credit_all, store, clock) == []
+
+
+def test_two_parallel_passes_at_once_credit_each_sale_once(store, clock):
+    many_sellers_with_sales(store, clock)
+    results = []
+    passes = [
+        threading.Thread(target=lambda: results.append(credit.credit_all(store, clock, threads=4)))
+        for _ in range(2)
+    ]
+    for t in passes:
+        t.start()
+    for t in passes:
+        t.join()
+    credited = sum(r["credited"] for r in results)
+    assert credited + credit.credit_all(store, clock)["credited"] == 24
+    assert_audit_clean(store)
+    assert_each_sale_charged_once(store)
+
+
+def test_a_busy_seller_waits_while_the_others_are_credited_in_parallel(store, clock):
+    sellers = many_sellers_with_sales(store, clock)
+    lock = locks.take_lock(store, clock, "seller0", "adjust", "adjust:x", delta=5, reason="r")
+    counters = credit.credit_all(store, clock, threads=4)
+    # seller0's first campaign finds the lock, its second is not walked: both wait.
+    assert (counters["credited"], counters["busy"]) == (20, 2)
+    assert credits(store, "seller0") == []
+    locks.settle(store, clock, "seller0", lock["token"], 5)
+    assert credit.run_creditor(store, clock)["credited"] == 4
+    assert all(len(credits(store, name)) == 4 for name in sellers)
     assert_audit_clean(store)
 
 
@@ -331,7 +385,7 @@ def test_an_idle_pass_over_2000_campaigns_costs_a_few_batched_reads(clock):
 
 
 def test_the_creditor_is_a_worker_task_and_credit_locks_have_a_finisher():
-    assert workers.registered_tasks()["creditor"] is credit.credit_all
+    assert workers.registered_tasks()["creditor"] is credit.run_creditor
     assert locks._finishers["credit"] is credit.finish_credit_lock
 
 

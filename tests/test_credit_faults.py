@@ -131,6 +131,29 @@ ONE_SALE = Scenario(
 )
 
 
+def market_with_two_sellers(store, clock):
+    ctx = market_with_sales(2)(store, clock)
+    buy.buy_next_slot(store, clock, "cat", "sue", ctx["m"], 0, HUGE)
+    return ctx
+
+
+def threaded_creditor(store, clock, ctx):
+    return credit.credit_all(store, clock, threads=4)
+
+
+# The worker's pass credits sellers in parallel threads: the crash lands wherever the threads
+# happen to be at that call, and the other threads may go on (a crash of one thread is a harder
+# case for the protocol than the whole process dying).
+THREADED = Scenario(
+    "credit, sellers in parallel", market_with_two_sellers, threaded_creditor, recover, check,
+    expected=EXPECTED,
+)  # fmt: skip
+
+
+def test_a_pass_crediting_sellers_in_parallel_survives_every_crash_point(make_world_store):
+    assert run_crash_points(THREADED, make_world_store, levels=1) > 50
+
+
 def test_crediting_survives_every_crash_point_at_two_levels(make_world_store):
     assert run_crash_points(ONE_SALE, make_world_store, levels=2) > 1000
 

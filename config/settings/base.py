@@ -158,6 +158,12 @@ WORKER_INTERVAL_SECONDS = env.float("WORKER_INTERVAL_SECONDS", default=1.0)
 # Recovery walks every account and campaign; it only has work after a crash (and requests finish
 # expired locks they meet), so the worker runs it this often, and on its first pass.
 RECOVERY_INTERVAL_SECONDS = env.float("RECOVERY_INTERVAL_SECONDS", default=10.0)
+# Sellers the creditor credits at once: their durable writes share commits (1 = one at a time).
+CREDITOR_THREADS = env.int("CREDITOR_THREADS", default=4)
+if CREDITOR_THREADS < 1:
+    raise environ.ImproperlyConfigured(
+        f"CREDITOR_THREADS must be at least 1, not {CREDITOR_THREADS}"
+    )
 if not (RECOVERY_INTERVAL_SECONDS > 0 and RECOVERY_INTERVAL_SECONDS >= WORKER_INTERVAL_SECONDS):
     # Below the worker's pause it would silently mean "every pass"; 0 or negative is a typo.
     raise environ.ImproperlyConfigured(

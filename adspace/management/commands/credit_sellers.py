@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand
 
 from accounts.money import format_btc
 from accounts.workers import StopFlag, serve
-from adspace.credit import credit_all
+from adspace.credit import run_creditor
 
 HEARTBEAT = "credit_sellers"
 
@@ -44,7 +44,7 @@ class Command(BaseCommand):
         with stop.handling_signals():
             passes = serve(
                 HEARTBEAT,
-                credit_all,
+                run_creditor,
                 interval=settings.WORKER_INTERVAL_SECONDS,
                 once=once,
                 stop=stop,
