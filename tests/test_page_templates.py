@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 from django.contrib import messages
+from django.core.paginator import Paginator
 from django.template import engines
 from django.test import RequestFactory
 from django.urls import reverse, set_script_prefix
@@ -113,3 +114,18 @@ def test_a_link_with_an_object_argument_is_built_afresh_each_time():
     assert render("{{ url('seller', name) }}", request, name=name) == "/ads/buy-ad-space/sam/"
     name.text = "ann"
     assert render("{{ url('seller', name) }}", request, name=name) == "/ads/buy-ad-space/ann/"
+
+
+def test_the_pager_links_the_neighbours_and_with_ends_the_first_and_last_pages():
+    pages = Paginator(range(50), 10)
+    pager = '{% from "_pager.html" import pager %}'
+    middle = render(pager + '{{ pager(p, "Pages", "Newer", "Older", ends=true) }}', p=pages.page(3))
+    assert '<nav class="pager" aria-label="Pages">' in middle
+    assert '<a href="?page=1">Newest</a> <a href="?page=2" rel="prev">Newer</a>' in middle
+    assert "Page 3 of 5" in middle
+    assert '<a href="?page=4" rel="next">Older</a> <a href="?page=5">Oldest</a>' in middle
+    first = render(pager + '{{ pager(p, "Pages", "Previous", "Next") }}', p=pages.page(1))
+    assert 'rel="prev"' not in first and '<a href="?page=2" rel="next">Next</a>' in first
+    assert "Oldest" not in first
+    alone = Paginator(range(5), 10).page(1)
+    assert "<nav" not in render(pager + '{{ pager(p, "Pages", "a", "b") }}', p=alone)
