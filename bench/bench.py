@@ -36,6 +36,8 @@ function init(args)
   for s in text:match('"sessions": %[(.-)%]'):gmatch('"([^"]+)"') do table.insert(data.sessions, s) end
   for c in text:match('"hot": %[(.-)%]'):gmatch('"([^"]+)"') do table.insert(data.hot, c) end
   math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 1000)
+  -- What each answer told the buyer (its messages cookie), for bench.py to sort out.
+  data.out = io.open(args[2] .. tid, "w")
 end
 -- Each wrk thread takes its own share of the buyers, in turn, so a buyer is rarely in two
 -- requests at once (that would be "account busy", not a race for a slot).
@@ -60,6 +62,9 @@ end
 function response(status, headers, body)
   local name = "c" .. status
   _G[name] = (_G[name] or 0) + 1
+  local cookie = headers["Set-Cookie"]
+  local message = cookie and cookie:match("messages=([^;]+)")
+  data.out:write((message or "-") .. "\n")
 end
 function done(summary, latency, requests)
   local total = {}
@@ -107,13 +112,15 @@ def parse_wrk(out: str) -> dict:
     }
 
 
-def wrk(url: str, seconds: int, connections: int, script: str | None = None, arg: str = "") -> dict:
+def wrk(
+    url: str, seconds: int, connections: int, script: str | None = None, args: tuple = ()
+) -> dict:
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if script:
         cmd += ["-s", script]
     cmd.append(url)
-    if arg:
-        cmd += ["--", arg]
+    if args:
+        cmd += ["--", *args]
     return parse_wrk(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
@@ -208,14 +215,47 @@ def measure(base: str, seed: dict, args, work: Path) -> dict:
     buy_lua = work / "buy.lua"
     buy_lua.write_text(BUY_LUA)
     before = sold_slots(work)
-    buys = wrk(f"{base}/", args.seconds * 2, 50, str(buy_lua), str(work / "seed.json"))
+    told = work / "told-"
+    buys = wrk(f"{base}/", args.seconds * 2, 50, str(buy_lua), (str(work / "seed.json"), str(told)))
     sales = sold_slots(work) - before
     answered = sum(buys["statuses"].values())
     errors = answered - buys["statuses"].get(302, 0)
-    buys.update(sales=sales, sales_per_s=sales / (args.seconds * 2), lost=answered - sales - errors,
-                errors=errors)  # fmt: skip
+    told = outcomes(work.glob("told-*"))
+    # Answers wrk cut off at the end of the run were never read, so `told` may count a few less.
+    buys.update(sales=sales, sales_per_s=sales / (args.seconds * 2),
+                lost=told.get("lost the race", 0), errors=errors, told=told)  # fmt: skip
     out["buy POST"] = buys
     return out
+
+
+# The first words of each thing a buy can tell the buyer (adspace/views.py buy_slot).
+OUTCOMES = {
+    "You bought": "bought",
+    "Someone else just bought": "lost the race",
+    "Your balance is": "could not afford the doubled price",
+    "The price is now": "price above what was accepted",
+    "Another operation": "account busy",
+}
+
+
+def outcomes(files) -> dict[str, int]:
+    """What the buy answers told the buyers, read from the signed messages cookies they set."""
+    import base64
+    import zlib
+
+    counts: dict[str, int] = {}
+    for path in files:
+        for line in Path(path).read_text().split():
+            data = line.strip('"').split(":")[0]
+            if data == "-" or not data:
+                label = "no message"
+            else:
+                compressed, body = data.startswith("."), data.lstrip(".")
+                raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+                text = (zlib.decompress(raw) if compressed else raw).decode()
+                label = next((v for k, v in OUTCOMES.items() if k in text), "other")
+            counts[label] = counts.get(label, 0) + 1
+    return counts
 
 
 def median_of(runs: list[dict]) -> dict:
@@ -296,6 +336,8 @@ def report(results: dict, seed: dict) -> None:
         f"{b['p99_ms']:>8.2f}   sales {b['sales']} ({b['sales_per_s']:.1f}/s), "
         f"lost races {b['lost']}, errors {b['errors']}"
     )
+    told = ", ".join(f"{label} {n}" for label, n in sorted(b["told"].items(), key=lambda x: -x[1]))
+    lines.append(f"{'':<16} buyers were told: {told}")
     for name, value in results["passes"].items():
         lines.append(f"{name:<24} {value}")
     for name, value in results["rss_mb"].items():
