@@ -268,10 +268,12 @@ def get_filler(store: Store, username: str, i: int) -> dict:
 
 
 def user_fillers(
-    store: Store, username: str, start: int = 0, size: int | None = None
+    store: Store, username: str, start: int = 0, size: int | None = None, count: int | None = None
 ) -> list[dict]:
-    """The user's ads with index in [start, start + size), newest last."""
-    count = filler_count(store, username)
+    """The user's ads with index in [start, start + size), newest last. Pass `count` (from
+    filler_count) when it was just read, to save reading it again."""
+    if count is None:
+        count = filler_count(store, username)
     end = count if size is None else min(count, start + size)
     keys = [filler_key(username, i) for i in range(start, end)]
     found = store.get_multi(keys)

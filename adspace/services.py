@@ -210,6 +210,6 @@ class NewestFirstFillers:
             return []
         # Newest-first [start, stop) is index order [total - stop, total - start).
         lo = self.total - stop
-        fillers = gateway.user_fillers(self.store, self.username, lo, stop - start)
+        fillers = gateway.user_fillers(self.store, self.username, lo, stop - start, self.total)
         fillers.reverse()
         return fillers

@@ -364,9 +364,10 @@ def _buy_form_context(request: HttpRequest, doc: dict) -> dict:
         return {"ads": None}
     store, username = get_store(), request.user.username
     # The newest ads only: a page view must not read thousands of documents.
-    first = max(0, gateway.filler_count(store, username) - BUY_FORM_MAX_ADS)
+    count = gateway.filler_count(store, username)
+    first = max(0, count - BUY_FORM_MAX_ADS)
     ads = []
-    for filler in gateway.user_fillers(store, username, first, BUY_FORM_MAX_ADS):
+    for filler in gateway.user_fillers(store, username, first, BUY_FORM_MAX_ADS, count):
         fits = (filler["width"], filler["height"]) == (doc["width"], doc["height"])
         ads.append({**filler, "fits": fits})
     # Ads that fit first, newest first within each group.
