@@ -21,12 +21,8 @@ from django.utils.html import escapejs
 
 from jinja2 import ChainableUndefined, Environment, pass_context
 
-from .templatetags import cached_url
 from .templatetags.cached_url import cached_reverse, url_scope
 from .templatetags.money import account_balance_of, btc, btc_change, percent
-
-# (view name, arguments, scope) -> path: the pages' links, straight from one dict lookup.
-_links: dict[tuple, str] = {}
 
 
 @pass_context
@@ -38,16 +34,7 @@ def url(context, view_name: str, *args) -> str:
     scope = getattr(request, "_url_scope", None)
     if scope is None:
         scope = request._url_scope = url_scope()
-    key = (view_name, args, scope)
-    link = _links.get(key)
-    if link is None:
-        link = cached_reverse(view_name, args, scope=scope)
-        # Only names and numbers: an object's text could change under the same key.
-        if all(type(arg) in (str, int) for arg in args):
-            if len(_links) >= cached_url.MAX_CACHED:
-                _links.clear()
-            _links[key] = link
-    return link
+    return cached_reverse(view_name, args, scope=scope)
 
 
 def pluralize(count, suffix: str = "s") -> str:

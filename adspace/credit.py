@@ -263,7 +263,7 @@ def credit_all(store: Store, clock: Clock, threads: int = 1) -> dict[str, int]:
     With `threads` > 1, different sellers are credited at once, each seller's campaigns in turn
     by one thread (so a pass never meets its own credit lock). Every step is a CAS or an insert
     that accepts "already done", exactly as when two worker processes overlap; the gain is that
-    their durable writes share commits (a sale's credit is three of them).
+    their durable writes share commits (a sale's credit is four: lock, tx, settle, cursor).
     """
     counters = {"credited": 0, "sats": 0, "campaigns": 0, "busy": 0, "errors": 0}
     refs = list(gateway.iter_campaign_refs(store))

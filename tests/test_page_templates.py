@@ -12,7 +12,6 @@ from django.test import RequestFactory
 from django.urls import reverse, set_script_prefix
 from django.utils.html import format_html
 
-from accounts import templating
 from accounts.templatetags import cached_url
 
 
@@ -23,10 +22,8 @@ def render(source: str, request=None, **context) -> str:
 @pytest.fixture(autouse=True)
 def _empty_url_cache():
     cached_url._paths.clear()
-    templating._links.clear()
     yield
     cached_url._paths.clear()
-    templating._links.clear()
     set_script_prefix("/")
 
 
