@@ -132,3 +132,16 @@ def make_world_store(tmp_path):
         return EmbeddedStore(shared["path"], prefix=f"w{n}::", durable=False)
 
     return make
+
+
+@pytest.fixture
+def empty_url_cache():
+    """Links are cached per process by name, arguments and script prefix: start and end empty."""
+    from django.urls import set_script_prefix
+
+    from accounts.templatetags import cached_url
+
+    cached_url._paths.clear()
+    yield
+    cached_url._paths.clear()
+    set_script_prefix("/")

@@ -13,12 +13,7 @@ def render(source: str, **context) -> str:
     return Template(source).render(Context(context))
 
 
-@pytest.fixture(autouse=True)
-def _empty_cache():
-    cached_url._paths.clear()
-    yield
-    cached_url._paths.clear()
-    set_script_prefix("/")
+pytestmark = pytest.mark.usefixtures("empty_url_cache")
 
 
 def test_the_tag_answers_what_reverse_answers_with_and_without_arguments():

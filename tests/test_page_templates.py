@@ -19,12 +19,7 @@ def render(source: str, request=None, **context) -> str:
     return engines["jinja2"].from_string(source).render(context, request)
 
 
-@pytest.fixture(autouse=True)
-def _empty_url_cache():
-    cached_url._paths.clear()
-    yield
-    cached_url._paths.clear()
-    set_script_prefix("/")
+pytestmark = pytest.mark.usefixtures("empty_url_cache")
 
 
 def test_url_answers_what_reverse_answers():
