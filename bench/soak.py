@@ -2,8 +2,8 @@
 
 Starts the real thing on a fresh temporary directory (migrate, init_docstore, a key pool of regtest
 addresses from a fixed seed, gunicorn with 2 workers of 8 threads and `manage.py run_workers` as
-two processes, as bin/serve starts them) against the scriptable JSON-RPC bitcoind of tests/rpcserver.py, which
-runs inside this process on a loopback port. Simulated users then drive it over HTTP for the
+two processes, as bin/serve starts them) against the scriptable JSON-RPC bitcoind of
+tests/rpcserver.py, which runs inside this process on a loopback port. Simulated users then drive it over HTTP for the
 given time, doing everything a person can (register, log in, get deposit addresses, upload ads,
 create campaigns, race each other for slots, withdraw and cancel), while this process plays the
 rest of the world: it pays users' addresses and mines blocks (sometimes fee-bumping or

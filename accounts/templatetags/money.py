@@ -1,4 +1,5 @@
-"""`{% load money %}`: `{{ sats|btc }}`, `{{ delta|btc_change }}`, `{% account_balance as b %}`."""
+"""`{% load money %}` (the admin's DTL templates): `{{ sats|btc }}`, `{{ delta|btc_change }}`,
+`{{ permille|percent }}`; the same filters and `account_balance_of` serve the Jinja2 pages."""
 
 from __future__ import annotations
 
@@ -36,14 +37,6 @@ def btc_change(sats) -> str:
 def percent(permille) -> str:
     """A rate in permille as a percentage number: 15 -> "1.5"."""
     return permille_as_percent(permille) if _is_sats(permille) else ""
-
-
-@register.simple_tag(takes_context=True)
-def account_balance(context) -> int | None:
-    """The signed-in user's balance in sats for the page header, or None if unknown."""
-    if "own_balance" in context:
-        return context["own_balance"]  # the page has just read the account doc itself
-    return account_balance_of(context.get("request"))
 
 
 def account_balance_of(request) -> int | None:

@@ -62,7 +62,7 @@ WSGI_APPLICATION = "config.wsgi.application"
 TEMPLATES = [
     {
         # The site's pages (jinja2/): compiled to Python, several times cheaper to render than
-        # DTL. Anything not found there (the admin, the embed, cached fragments) is DTL's.
+        # DTL. Anything not found there (the admin, which extends Django's own) is DTL's.
         "BACKEND": "django.template.backends.jinja2.Jinja2",
         "DIRS": [BASE_DIR / "jinja2"],
         "APP_DIRS": False,
@@ -158,17 +158,17 @@ WORKER_INTERVAL_SECONDS = env.float("WORKER_INTERVAL_SECONDS", default=1.0)
 # Recovery walks every account and campaign; it only has work after a crash (and requests finish
 # expired locks they meet), so the worker runs it this often, and on its first pass.
 RECOVERY_INTERVAL_SECONDS = env.float("RECOVERY_INTERVAL_SECONDS", default=10.0)
-# Sellers the creditor credits at once: their durable writes share commits (1 = one at a time).
-CREDITOR_THREADS = env.int("CREDITOR_THREADS", default=4)
-if CREDITOR_THREADS < 1:
-    raise environ.ImproperlyConfigured(
-        f"CREDITOR_THREADS must be at least 1, not {CREDITOR_THREADS}"
-    )
 if not (RECOVERY_INTERVAL_SECONDS > 0 and RECOVERY_INTERVAL_SECONDS >= WORKER_INTERVAL_SECONDS):
     # Below the worker's pause it would silently mean "every pass"; 0 or negative is a typo.
     raise environ.ImproperlyConfigured(
         f"RECOVERY_INTERVAL_SECONDS ({RECOVERY_INTERVAL_SECONDS:g}) must be positive and at least "
         f"WORKER_INTERVAL_SECONDS ({WORKER_INTERVAL_SECONDS:g})"
+    )
+# Sellers the creditor credits at once: their durable writes share commits (1 = one at a time).
+CREDITOR_THREADS = env.int("CREDITOR_THREADS", default=4)
+if CREDITOR_THREADS < 1:
+    raise environ.ImproperlyConfigured(
+        f"CREDITOR_THREADS must be at least 1, not {CREDITOR_THREADS}"
     )
 
 # Rate limits: attempts per window, per client (and per username for login).
