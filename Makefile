@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench soak clean
+.PHONY: install run test test-couchbase lint format bench soak clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ run: install
 # pytest exits 5 when it collects no tests; that is not a failure of the suite.
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+
+# The whole suite on Couchbase: gocaves on loopback, or the cluster at COUCHBASE_CONNSTR.
+test-couchbase: install
+	bin/test-couchbase
 
 lint: install
 	$(BIN)/ruff check .

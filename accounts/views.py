@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from html import escape
@@ -16,7 +17,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 
-from docstore import Store, get_clock, get_store
+from docstore import DocstoreError, Store, get_clock, get_store
 
 from . import ratelimit
 from .auth_backends import BACKEND_PATH
@@ -24,6 +25,8 @@ from .forms import LoginForm, RegistrationForm
 from .gateway import LEDGER_PAGE_SIZE, ensure_account, ledger_page_key
 from .heartbeat import read_beats
 from .money import format_btc
+
+log = logging.getLogger(__name__)
 
 WORKER_NAMES = ["run_workers"]
 LEDGER_PER_PAGE = 50
@@ -63,7 +66,12 @@ def home(request: HttpRequest) -> HttpResponse:
 
 def healthz(request: HttpRequest) -> JsonResponse:
     now = get_clock().now()
-    beats = read_beats(get_store(), WORKER_NAMES)
+    try:
+        beats = read_beats(get_store(), WORKER_NAMES)
+    except DocstoreError:
+        # Public: say what is wrong, not where the store is (the log has the details).
+        log.warning("healthz: docstore unreachable", exc_info=True)
+        return JsonResponse({"status": "store unreachable", "now": now}, status=503)
     stale = [
         name
         for name, beat in beats.items()

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from docstore import AlreadyExists, Clock, NotFound, Store, get_clock, get_store
+from docstore import AlreadyExists, Clock, NotFound, Store, TemporaryFailure, get_clock, get_store
 
 from . import heartbeat
 
@@ -221,17 +221,26 @@ def serve(
     passes = 0
     while True:
         store, clock = get_store(), get_clock()
+        unreachable = None
         try:
             counters = dict(work(store, clock))
+        except TemporaryFailure as exc:
+            # One line a pass, not a traceback a second, while the store is down.
+            log.warning("worker %s: pass failed, store unreachable: %s", name, exc)
+            counters, unreachable = {"failed": 1}, exc
         except Exception:
             log.exception("worker %s: pass failed; the next pass tries again", name)
             counters = {"failed": 1}
         passes += 1
         try:
             heartbeat.beat(store, name, clock.now(), **{**counters, "passes": passes})
+        except TemporaryFailure as exc:
+            log.warning("worker %s: heartbeat failed, store unreachable: %s", name, exc)
         except Exception:
             # No heartbeat means /healthz turns red, which is the alarm we want; keep working.
             log.exception("worker %s: heartbeat failed", name)
+        if once and unreachable is not None:
+            raise unreachable  # a one-off run must not look like it did its work
         if report is not None:
             report(passes, counters)
         if once or stop.requested:

@@ -6,31 +6,18 @@ runs the whole suite on Couchbase, each test under its own DOCSTORE_PREFIX.
 
 from __future__ import annotations
 
-import os
-import uuid
+import itertools
 
 import pytest
-from django.conf import settings
 from django.core.cache import cache
 
 import docstore
 from accounts.gateway import ensure_account
 from docstore import FixedClock
+from tests.teststore import BACKEND, make_test_store, open_store, store_config
 
 T0 = 1_700_000_000
 PASSWORD = "correct-horse-battery-9"
-
-
-def make_test_store(tmp_path):
-    backend = os.environ.get("TEST_DOCSTORE_BACKEND", "embedded")
-    if backend == "couchbase":
-        config = {**settings.DOCSTORE, "BACKEND": "couchbase"}
-        return docstore.build_store(config, prefix=f"test-{uuid.uuid4().hex[:12]}::")
-    if backend == "memory":
-        return docstore.build_store({"BACKEND": "memory"})
-    return docstore.build_store(
-        {"BACKEND": "embedded", "PATH": str(tmp_path / "docstore.sqlite3")}, prefix=""
-    )
 
 
 @pytest.fixture(autouse=True)
@@ -119,19 +106,15 @@ def swarm_seeds(request):
 
 @pytest.fixture
 def make_world_store(tmp_path):
-    """Factory of fresh, isolated stores for fault scenarios: real SQLite, one prefix per world."""
-    from docstore.backends.embedded import EmbeddedStore
-
-    counter = iter(range(10**9))
-    shared = {}
-
-    def make():
-        n = next(counter)
-        if "path" not in shared:
-            shared["path"] = tmp_path / "worlds.sqlite3"
-        return EmbeddedStore(shared["path"], prefix=f"w{n}::", durable=False)
-
-    return make
+    """Factory of fresh, isolated stores for fault scenarios, one prefix per world on the suite's
+    backend (real SQLite by default). Durability is relaxed: their subject is what a crash leaves
+    in the documents, not the disk."""
+    config, base = store_config(tmp_path, "worlds.sqlite3")
+    if BACKEND == "memory":
+        return lambda: open_store(config, "")
+    config = {**config, "DURABILITY": "relaxed"}
+    numbers = itertools.count()
+    return lambda: open_store(config, f"{base}w{next(numbers)}::")
 
 
 @pytest.fixture

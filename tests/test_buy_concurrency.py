@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 
+import docstore
 from accounts import locks
 from accounts.adjust import adjust_balance
 from accounts.gateway import ensure_account, get_account
@@ -79,10 +80,8 @@ def test_sixteen_threads_racing_for_each_slot_have_exactly_one_winner(store, clo
     assert_one_winner_per_round(store, results, buyers)
 
 
-def _process_buyer(path, name, n, barrier, queue):
-    from docstore.backends.embedded import EmbeddedStore
-
-    store = EmbeddedStore(path)
+def _process_buyer(config, prefix, name, n, barrier, queue):
+    store = docstore.build_store(config, prefix=prefix)
     out = []
     for r in range(ROUNDS):
         barrier.wait()
@@ -96,7 +95,8 @@ def test_four_processes_racing_for_each_slot_have_exactly_one_winner(store, cloc
     ctx = multiprocessing.get_context("fork")
     barrier, queue = ctx.Barrier(len(buyers)), ctx.Queue()
     procs = [
-        ctx.Process(target=_process_buyer, args=(store.path, b, n, barrier, queue)) for b in buyers
+        ctx.Process(target=_process_buyer, args=(store.config, store.prefix, b, n, barrier, queue))
+        for b in buyers
     ]
     for p in procs:
         p.start()

@@ -15,12 +15,14 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import pytest
 
 import docstore
 from docstore import AlreadyExists, CasMismatch, Doc, NotFound, Store
 from docstore.backends.memory import MemoryStore
+from tests.teststore import ON_GOCAVES
 
 BACKENDS = ["embedded", "memory", "couchbase"]
 
@@ -562,10 +564,22 @@ def test_get_fields_cas_is_the_current_one_and_a_replace_with_it_succeeds(kv):
         kv.replace("acct", ACCOUNT, got.cas)
 
 
-def test_get_fields_returns_nested_values_whole_with_their_exact_types(kv):
+def as_gocaves_reads(value: dict) -> dict:
+    """What gocaves' sub-document engine answers: it holds numbers as 64-bit floats, so integers
+    beyond 2^53 come back rounded, written with the float's shortest digits (2^63 - 1 reads as
+    9223372036854776000). A quirk of the mock: Couchbase Server returns them exactly."""
+    return {
+        k: int(Decimal(repr(float(v)))) if type(v) is int and abs(v) > 2**53 else v
+        for k, v in value.items()
+    }
+
+
+def test_get_fields_returns_nested_values_whole_with_their_exact_types(backend, kv):
     cas = kv.insert("nested", NESTED)
     got = kv.get_fields("nested", list(NESTED))
-    assert got.cas == cas and same_json(got.value, NESTED)
+    expected = as_gocaves_reads(NESTED) if backend.name == "couchbase" and ON_GOCAVES else NESTED
+    assert got.cas == cas and same_json(got.value, expected)
+    assert kv.get("nested").value == NESTED  # a whole read is exact on every backend
     assert type(got.value["true"]) is bool and type(got.value["floats"][4]) is float
     assert type(got.value["zero"]) is int and got.value["null"] is None
     assert kv.get_fields("nested", ["empty"]).value == {

@@ -12,6 +12,8 @@ import itertools
 import json
 import os
 import threading
+import time
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -210,7 +212,7 @@ def _fresh_module_state(monkeypatch):
 @pytest.fixture
 def fake(monkeypatch):
     coll = FakeCollection()
-    monkeypatch.setattr(cb, "_open_collection", lambda target: coll)
+    monkeypatch.setattr(cb, "_open_collection", lambda target, timeout: coll)
     return coll
 
 
@@ -225,7 +227,9 @@ def kv(fake):
 def test_construction_opens_nothing_until_first_use(monkeypatch):
     opened = []
     coll = FakeCollection()
-    monkeypatch.setattr(cb, "_open_collection", lambda target: opened.append(target) or coll)
+    monkeypatch.setattr(
+        cb, "_open_collection", lambda target, timeout: opened.append(target) or coll
+    )
     store = cb.CouchbaseStore.from_config(CONFIG, prefix="p::")
     assert opened == []
     with pytest.raises(NotFound):
@@ -315,7 +319,7 @@ def test_answers_are_mapped_and_never_retried(kv, fake):
 @pytest.mark.parametrize("stale_exc", [CasMismatchException, DocumentExistsException])
 def test_stale_cas_is_cas_mismatch_whichever_exception_the_sdk_raises(monkeypatch, stale_exc):
     coll = FakeCollection(stale_cas_exc=stale_exc)
-    monkeypatch.setattr(cb, "_open_collection", lambda target: coll)
+    monkeypatch.setattr(cb, "_open_collection", lambda target, timeout: coll)
     store = cb.CouchbaseStore.from_config(CONFIG, prefix="")
     cas = store.insert("k", 1)
     with pytest.raises(CasMismatch):
@@ -589,7 +593,7 @@ def opened(monkeypatch):
     clusters: list[FakeCluster] = []
     started = threading.Event()
 
-    def open_cluster(connstr, username, password):
+    def open_cluster(connstr, username, password, timeout):
         started.wait(0.05)  # widen the window in which racing threads could double-open
         clusters.append(FakeCluster(FakeCollection()))
         return clusters[-1]
@@ -618,21 +622,41 @@ def test_stores_in_one_process_share_one_cluster_opened_once_under_races(opened)
     assert len(opened) == 1
 
 
-def test_connection_failure_is_temporary_and_the_next_call_reconnects(monkeypatch):
+def test_connection_failure_is_temporary_and_a_call_after_the_pause_reconnects(monkeypatch):
     attempts = []
 
-    def open_cluster(connstr, username, password):
-        attempts.append(connstr)
+    def open_cluster(connstr, username, password, timeout):
+        attempts.append(timeout)
         if len(attempts) == 1:
             raise UnAmbiguousTimeoutException("cluster not ready")
         return FakeCluster(FakeCollection())
 
     monkeypatch.setattr(cb, "_open_cluster", open_cluster)
-    store = cb.CouchbaseStore.from_config(CONFIG, prefix="")
-    with pytest.raises(TemporaryFailure):
+    monkeypatch.setattr(cb, "_failed_at", {})
+    monkeypatch.setattr(cb, "_REDIAL_PAUSE", 0.2)
+    store = cb.CouchbaseStore.from_config({**CONFIG, "COUCHBASE_CONNECT_TIMEOUT": 3}, prefix="")
+    with pytest.raises(TemporaryFailure, match="cannot reach Couchbase"):
         store.insert("k", 1)
+    # Within the pause a call fails at once, without dialling (nor waiting out the timeout).
+    with pytest.raises(TemporaryFailure, match="cluster not ready"):
+        store.get_multi(["k"])
+    assert len(attempts) == 1
+    time.sleep(0.25)
     assert store.insert("k", 1) > 0
-    assert len(attempts) == 2
+    assert attempts == [timedelta(seconds=3)] * 2
+
+
+def test_the_connection_string_options_never_reach_an_error_message(monkeypatch):
+    def open_cluster(connstr, username, password, timeout):
+        raise UnAmbiguousTimeoutException("down")
+
+    monkeypatch.setattr(cb, "_open_cluster", open_cluster)
+    monkeypatch.setattr(cb, "_failed_at", {})
+    config = {**CONFIG, "COUCHBASE_CONNSTR": "couchbases://db.internal?truststorepath=/secret/ca"}
+    with pytest.raises(TemporaryFailure) as caught:
+        cb.CouchbaseStore.from_config(config, prefix="").get_multi(["k"])
+    assert "couchbases://db.internal" in str(caught.value)
+    assert "secret" not in str(caught.value)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

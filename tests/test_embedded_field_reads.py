@@ -7,6 +7,9 @@ import pytest
 from docstore import NotFound
 from docstore.backends import embedded
 from docstore.backends.embedded import EmbeddedStore
+from tests.teststore import backend_only
+
+pytestmark = backend_only("embedded", "SQLite `->` reads kept with the CAS across connections")
 
 
 @pytest.fixture

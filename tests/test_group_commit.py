@@ -10,6 +10,9 @@ import pytest
 from docstore import CasMismatch
 from docstore.backends import embedded
 from docstore.backends.embedded import EmbeddedStore, _Write
+from tests.teststore import backend_only
+
+pytestmark = backend_only("embedded", "SQLite group commit and the flock between processes")
 
 THREADS = 16
 

@@ -9,7 +9,6 @@ deposit address, an outsider with ads and a queued withdrawal, and a member of s
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +26,6 @@ from adspace import buy, gateway
 from adspace.images import validate_ad_image
 from bitcoinkeys import withdrawals as w
 from bitcoinkeys.gateway import withdraw_key, withdrawcount_key
-from docstore.backends.embedded import EmbeddedStore
-from tests.conftest import make_test_store
 from tests.hostile_cases import (
     CYRILLIC_SELLER,
     DEBUG_TAG,
@@ -60,6 +57,7 @@ from tests.hostile_cases import (
 )
 from tests.test_deposits import addr, give_address
 from tests.test_withdrawals import ADDR_A, ADDR_B, MAINNET
+from tests.teststore import open_store, store_config
 
 pytestmark = pytest.mark.django_db
 
@@ -108,12 +106,10 @@ JAVASCRIPT_URL = re.compile(r"""(?:href|src|action)\s*=\s*["']?\s*javascript:"""
 
 @pytest.fixture
 def store(tmp_path):
-    """The suite's embedded store without an fsync per write: ~200 worlds are built here and
-    none is meant to survive a power cut. Other backends (TEST_DOCSTORE_BACKEND) as configured."""
-    if os.environ.get("TEST_DOCSTORE_BACKEND", "embedded") == "embedded":
-        s = EmbeddedStore(tmp_path / "docstore.sqlite3", prefix="", durable=False)
-    else:
-        s = make_test_store(tmp_path)
+    """The suite's store without an fsync per write (or Couchbase durability): ~200 worlds are
+    built here and none is meant to survive a power cut."""
+    config, prefix = store_config(tmp_path)
+    s = open_store({**config, "DURABILITY": "relaxed"}, prefix)
     docstore.set_store(s)
     yield s
     docstore.set_store(None)

@@ -1,4 +1,4 @@
-"""Real threads asking for deposit addresses at once on the embedded store: 50 users, 3 sets,
+"""Real threads asking for deposit addresses at once on the suite's store: 50 users, 3 sets,
 pages of 3 keys and a huge list of 2 pages (12 addresses). Nobody gets an address twice, the
 users beyond the supply are told cleanly, and after an import their requests finish."""
 
@@ -15,9 +15,9 @@ from accounts.audit import Report, audit_accounts
 from accounts.gateway import ensure_account, get_account
 from bitcoinkeys import pool
 from bitcoinkeys.audit import audit_keypool
-from docstore.backends.embedded import EmbeddedStore
 from docstore.faults import Hook, HookedStore
 from tests.test_key_pool import PER_LIST_PAGE, import_range, tiny_settings
+from tests.teststore import open_store, store_config
 
 USERS = [f"u{i}" for i in range(50)]
 
@@ -25,7 +25,8 @@ USERS = [f"u{i}" for i in range(50)]
 @pytest.fixture
 def shared(settings, tmp_path, clock):
     tiny_settings(settings)
-    store = EmbeddedStore(tmp_path / "race.sqlite3", durable=False)
+    config, prefix = store_config(tmp_path, "race.sqlite3")
+    store = open_store({**config, "DURABILITY": "relaxed"}, prefix)
     pool.init_key_sets(store, clock)
     for name in USERS:
         ensure_account(store, clock, name)

@@ -151,15 +151,15 @@ SCENARIO = Scenario("deal", setup, alice_asks, resume, check, expected=EXPECTED)
 
 # The two-level crash points (~3400 worlds) and the lease matrix (~1400) run on the in-memory
 # store, which passes the same contract suite as the real backends, to fit the suite's time
-# budget; the real embedded backend runs every crash point once, and the threads in
-# test_key_pool_concurrency.py race on it.
+# budget; the suite's own backend (SQLite, or Couchbase in its leg) runs every crash point once,
+# and the threads in test_key_pool_concurrency.py race on it.
 
 
 def test_dealing_survives_every_crash_point_at_two_levels():
     assert run_crash_points(SCENARIO, MemoryStore, levels=2) > 1000
 
 
-def test_dealing_survives_every_crash_point_on_the_embedded_store(make_world_store):
+def test_dealing_survives_every_crash_point_on_the_suites_store(make_world_store):
     assert run_crash_points(SCENARIO, make_world_store, levels=1) > 30
 
 

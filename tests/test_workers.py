@@ -12,7 +12,7 @@ import pytest
 from accounts import workers
 from accounts.heartbeat import last_beat
 from accounts.workers import StopFlag, register_task, run_pass, serve
-from docstore.backends.embedded import EmbeddedStore
+from tests.teststore import store_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -99,14 +99,11 @@ def test_a_stop_request_cuts_the_sleep_short():
     assert time.monotonic() - started < 1
 
 
-def test_run_workers_stops_cleanly_on_sigterm(tmp_path):
-    docstore_path = tmp_path / "docstore.sqlite3"
+def test_run_workers_stops_cleanly_on_sigterm(tmp_path, store):
     env = {
         **os.environ,
+        **store_env(store),
         "DJANGO_SETTINGS_MODULE": "config.settings.dev",
-        "DOCSTORE_BACKEND": "embedded",
-        "DOCSTORE_PATH": str(docstore_path),
-        "DOCSTORE_PREFIX": "",
         "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
         "CACHE_URL": "locmemcache://",
         "WORKER_INTERVAL_SECONDS": "0.2",
@@ -114,7 +111,7 @@ def test_run_workers_stops_cleanly_on_sigterm(tmp_path):
     manage = [sys.executable, str(BASE_DIR / "manage.py")]
     subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, cwd=BASE_DIR,
                    check=True, timeout=120)  # fmt: skip
-    reader = EmbeddedStore(docstore_path)  # creates the file before the worker opens it
+    reader = store
     proc = subprocess.Popen(
         [*manage, "run_workers"],
         env=env,
@@ -138,4 +135,3 @@ def test_run_workers_stops_cleanly_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        reader.close()

@@ -54,6 +54,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "accounts.unavailable.StoreUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -144,6 +145,7 @@ DOCSTORE = {
     "COUCHBASE_USERNAME": env.str("COUCHBASE_USERNAME", default=""),
     "COUCHBASE_PASSWORD": env.str("COUCHBASE_PASSWORD", default=""),
     "COUCHBASE_DURABILITY": env.str("COUCHBASE_DURABILITY", default="majority"),
+    "COUCHBASE_CONNECT_TIMEOUT": env.float("COUCHBASE_CONNECT_TIMEOUT", default=10.0),
 }
 
 # --- money (DESIGN.md section 5), all in satoshis ---

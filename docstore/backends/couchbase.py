@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from couchbase import subdocument
 from couchbase.durability import DurabilityLevel, ServerDurability
 from couchbase.exceptions import (
     AmbiguousTimeoutException,
+    AuthenticationException,
     CasMismatchException,
     DocumentExistsException,
     DocumentLockedException,
@@ -98,7 +100,8 @@ _CAS_CONFLICT = (CasMismatchException, DocumentExistsException)
 
 _MULTI_CHUNK = 1000
 _SETTLE_ATTEMPTS = 4
-_READY_TIMEOUT = timedelta(seconds=15)
+# Seconds before a cluster that could not be reached is dialled again.
+_REDIAL_PAUSE = 2.0
 
 
 def _is_transient_write(exc: BaseException) -> bool:
@@ -126,6 +129,7 @@ _lock = threading.Lock()
 _pid = os.getpid()
 _collections: dict[tuple[str, ...], Any] = {}
 _clusters: dict[tuple[str, str, str], Any] = {}
+_failed_at: dict[tuple[str, str, str], tuple[float, str]] = {}
 # Clusters inherited across a fork: kept referenced so their destructor (which would try to stop
 # I/O threads that do not exist in the child) never runs in the child.
 _abandoned: list[Any] = []
@@ -137,6 +141,7 @@ def _forget_parent_clusters() -> None:
     _abandoned.extend(_clusters.values())
     _clusters.clear()
     _collections.clear()
+    _failed_at.clear()
     _pid = os.getpid()
 
 
@@ -144,38 +149,56 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_parent_clusters)
 
 
-def _open_cluster(connstr: str, username: str, password: str) -> Any:
+def _open_cluster(connstr: str, username: str, password: str, timeout: timedelta) -> Any:
     from couchbase.auth import PasswordAuthenticator
     from couchbase.cluster import Cluster
     from couchbase.diagnostics import ServiceType
-    from couchbase.options import ClusterOptions, WaitUntilReadyOptions
+    from couchbase.options import ClusterOptions, ClusterTimeoutOptions, WaitUntilReadyOptions
 
-    cluster = Cluster(connstr, ClusterOptions(PasswordAuthenticator(username, password)))
-    cluster.wait_until_ready(
-        _READY_TIMEOUT, WaitUntilReadyOptions(service_types=[ServiceType.KeyValue])
-    )
+    timeouts = ClusterTimeoutOptions(bootstrap_timeout=timeout, connect_timeout=timeout)
+    options = ClusterOptions(PasswordAuthenticator(username, password), timeout_options=timeouts)
+    cluster = Cluster(connstr, options)
+    cluster.wait_until_ready(timeout, WaitUntilReadyOptions(service_types=[ServiceType.KeyValue]))
     return cluster
 
 
-def _open_collection(target: tuple[str, str, str, str, str, str]) -> Any:
-    """The SDK collection for `target`, opening this process's cluster on first use."""
+def _open_collection(target: tuple[str, str, str, str, str, str], timeout: timedelta) -> Any:
+    """The SDK collection for `target`, opening this process's cluster on first use.
+
+    A cluster that could not be reached is not dialled again for `_REDIAL_PAUSE` seconds: while it
+    is down, requests fail at once with TemporaryFailure instead of each waiting out the timeout.
+    """
     connstr, username, password, bucket, scope, collection = target
     with _lock:
         if _pid != os.getpid():  # forked without register_at_fork having run
             _forget_parent_clusters()
         coll = _collections.get(target)
         if coll is None:
+            key = (connstr, username, password)
+            failed = _failed_at.get(key)
+            if failed is not None and time.monotonic() - failed[0] < _REDIAL_PAUSE:
+                raise TemporaryFailure(f"cannot reach Couchbase at {_safe(connstr)}: {failed[1]}")
             try:
-                cluster = _clusters.get((connstr, username, password))
+                cluster = _clusters.get(key)
                 if cluster is None:
-                    cluster = _open_cluster(connstr, username, password)
-                    _clusters[(connstr, username, password)] = cluster
+                    cluster = _open_cluster(connstr, username, password, timeout)
+                    _clusters[key] = cluster
                 coll = cluster.bucket(bucket).scope(scope).collection(collection)
-            except NOT_APPLIED + MAYBE_APPLIED as exc:
-                # Nothing was sent yet; the next call tries to connect again.
-                raise TemporaryFailure(f"cannot reach Couchbase at {connstr}: {exc}") from exc
+            except NOT_APPLIED + MAYBE_APPLIED + (AuthenticationException,) as exc:
+                # Nothing was sent yet; a call after the pause tries to connect again.
+                reason = getattr(exc, "message", None) or type(exc).__name__
+                _failed_at[key] = (time.monotonic(), reason)
+                raise TemporaryFailure(
+                    f"cannot reach Couchbase at {_safe(connstr)}: {reason}"
+                ) from exc
+            _failed_at.pop(key, None)
             _collections[target] = coll
         return coll
+
+
+def _safe(connstr: str) -> str:
+    """The connection string without its options (they may carry certificate paths and such)."""
+    return connstr.split("?", 1)[0]
 
 
 def close_clusters() -> None:
@@ -202,6 +225,7 @@ class CouchbaseStore(Store):
         collection: str = "_default",
         durability: str | None = "majority",
         prefix: str = "",
+        connect_timeout: float = 10.0,
     ):
         if not connstr:
             raise ValueError("COUCHBASE_CONNSTR is not set")
@@ -212,6 +236,7 @@ class CouchbaseStore(Store):
             )
         self.prefix = prefix
         self._target = (connstr, username, password, bucket, scope, collection)
+        self._connect_timeout = timedelta(seconds=connect_timeout)
         level = _DURABILITY_LEVELS[durability] if durability is not None else None
         self._durability = None if level is None else ServerDurability(level)
         self._cached: tuple[int, Any] | None = None
@@ -228,6 +253,7 @@ class CouchbaseStore(Store):
             collection=config.get("COUCHBASE_COLLECTION") or "_default",
             durability=None if relaxed else config.get("COUCHBASE_DURABILITY") or "majority",
             prefix=prefix,
+            connect_timeout=float(config.get("COUCHBASE_CONNECT_TIMEOUT") or 10),
         )
 
     # -- plumbing ----------------------------------------------------------------------------------
@@ -236,7 +262,7 @@ class CouchbaseStore(Store):
         cached = self._cached
         if cached is not None and cached[0] == os.getpid():
             return cached[1]
-        coll = _open_collection(self._target)
+        coll = _open_collection(self._target, self._connect_timeout)
         self._cached = (os.getpid(), coll)
         return coll
 

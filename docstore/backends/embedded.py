@@ -364,12 +364,3 @@ class EmbeddedStore(Store):
         state, self._process_state = self._process_state, None
         if state is not None and state[0] == os.getpid():
             state[1].close()
-
-    # Not part of the API: lets tests compare a whole store before and after hostile input.
-    def dump(self) -> dict[str, Any]:
-        plen = len(self.prefix)
-        rows = self._run(
-            "SELECT key, value FROM docs WHERE key >= ? AND key < ?",
-            (self.prefix, self.prefix + "\U0010ffff"),
-        ).fetchall()
-        return {k[plen:]: json.loads(v) for k, v in rows}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import re
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from accounts import locks
 from accounts.adjust import AdjustError, adjust_balance, new_request_id
+from accounts.commands import StoreCommand
 from accounts.gateway import get_account
 from accounts.models import USERNAME_RE
 from accounts.money import format_btc
@@ -19,7 +20,7 @@ log = logging.getLogger("accounts.money")
 REQUEST_ID_RE = r"^[A-Za-z0-9_-]{1,64}$"
 
 
-class Command(BaseCommand):
+class Command(StoreCommand):
     help = "Credit (positive) or debit (negative) an account by a whole number of satoshis."
 
     def add_arguments(self, parser) -> None:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from accounts.audit import run_audit
+from accounts.commands import StoreCommand
 from docstore import DocstoreError, get_clock, get_store
 
 LAST_KEY = "audit::last"
 
 
-class Command(BaseCommand):
+class Command(StoreCommand):
     help = "Audit the books and every invariant; exits non-zero on any breach or imbalance."
 
     def handle(self, *args, **options) -> None:

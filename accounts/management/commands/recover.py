@@ -7,15 +7,15 @@ every RECOVERY_INTERVAL_SECONDS, the cadence recovery has inside `run_workers`.
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
 
+from accounts.commands import StoreCommand
 from accounts.recovery import run_recovery
 from accounts.workers import StopFlag, serve
 
 HEARTBEAT = "recover"
 
 
-class Command(BaseCommand):
+class Command(StoreCommand):
     help = (
         "Finish stale locks and other interrupted work now; then every RECOVERY_INTERVAL_SECONDS "
         "until SIGTERM, unless --once."

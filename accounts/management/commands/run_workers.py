@@ -5,14 +5,14 @@ from __future__ import annotations
 from functools import partial
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
 
+from accounts.commands import StoreCommand
 from accounts.workers import Schedule, StopFlag, registered_tasks, run_pass, serve, task_every
 
 HEARTBEAT = "run_workers"
 
 
-class Command(BaseCommand):
+class Command(StoreCommand):
     help = (
         "Run the worker tasks in passes, with a heartbeat, until SIGTERM/SIGINT (or --once). "
         "Recovery runs on the first pass and then every RECOVERY_INTERVAL_SECONDS."

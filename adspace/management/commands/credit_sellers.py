@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
 
+from accounts.commands import StoreCommand
 from accounts.money import format_btc
 from accounts.workers import StopFlag, serve
 from adspace.credit import run_creditor
@@ -12,7 +12,7 @@ from adspace.credit import run_creditor
 HEARTBEAT = "credit_sellers"
 
 
-class Command(BaseCommand):
+class Command(StoreCommand):
     help = (
         "Credit each finished sale to its seller, minus the fee; loops until SIGTERM unless --once."
     )

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import sys
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from accounts.commands import StoreCommand
 from accounts.money import MoneyError, format_btc, parse_btc
 from accounts.workers import StopFlag
 from bitcoinkeys import withdrawals as w
@@ -24,7 +25,7 @@ from bitcoinkeys.chain import get_chain
 from docstore import get_clock, get_store
 
 
-class Command(BaseCommand):
+class Command(StoreCommand):
     help = "Send queued withdrawals (--execute) or show what they need (--calculate-only)."
     # `stdin` lets tests (and call_command users) answer the confirmation prompt.
     stealth_options = ("stdin",)

@@ -7,8 +7,8 @@ watcher its own process (or a one-off `--once` after the node was down).
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
 
+from accounts.commands import StoreCommand
 from accounts.workers import StopFlag, serve
 from bitcoinkeys.chain import get_chain
 from bitcoinkeys.deposits import watch_pass
@@ -16,7 +16,7 @@ from bitcoinkeys.deposits import watch_pass
 HEARTBEAT = "watch_deposits"
 
 
-class Command(BaseCommand):
+class Command(StoreCommand):
     help = (
         "Credit confirmed bitcoin payments to deposit addresses; loops until SIGTERM unless --once."
     )
