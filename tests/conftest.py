@@ -17,6 +17,8 @@ import docstore
 from accounts.gateway import ensure_account
 from docstore import FixedClock
 
+pytest_plugins = ["tests.regtest"]
+
 T0 = 1_700_000_000
 PASSWORD = "correct-horse-battery-9"
 
