@@ -32,7 +32,7 @@ from accounts.models import USERNAME_RE
 from accounts.money import format_btc
 from docstore import Clock, DocstoreError, NotFound, Store, get_clock, get_store
 
-from . import deposits, pool
+from . import deposits, node_alerts, pool
 from . import gateway as g
 from . import withdrawals as w
 
@@ -90,6 +90,28 @@ def keypool_panel(store: Store, clock: Clock) -> dashboard.Panel:
             else "OUT OF DEPOSIT ADDRESSES: run import_keys."
         )
     return dashboard.Panel("Key pool", rows=rows, alert=alert)
+
+
+def node_panel(store: Store, clock: Clock) -> dashboard.Panel:
+    """The bitcoin node as the watcher and the processor last found it (chainalert docs)."""
+    from django.conf import settings
+
+    alerts = node_alerts.current_alerts(store)
+    banners = []
+    for role, alert in sorted(alerts.items()):
+        since = _utc(alert.get("since"))
+        when = f" since {since:%Y-%m-%d %H:%M:%S} UTC" if since else ""
+        what = node_alerts.WHAT.get(role, "nothing is done")
+        banners.append(
+            f"BITCOIN NODE UNUSABLE for {role}{when} ({alert.get('kind')}): "
+            f"{alert.get('message')} Until it is fixed {what}."
+        )
+    rows = [
+        ("Backend", settings.CHAIN_BACKEND),
+        ("Network (BITCOIN_NETWORK)", settings.BITCOIN_NETWORK),
+        dashboard.Row("Faults", len(alerts), red=bool(alerts)),
+    ]
+    return dashboard.Panel("Bitcoin node", rows=rows, alerts=banners)
 
 
 def _alert_banner(alert: dict) -> list[str]:
@@ -476,6 +498,7 @@ def register_admin() -> None:
         "bitcoinkeys_deposits",
         "Every dealt address with its owner, credited payments and vanished-payment alerts.",
     )
+    dashboard.register_panel("Bitcoin node", node_panel)
     dashboard.register_panel("Key pool", keypool_panel)
     dashboard.register_panel("Deposits", deposits_panel, uses_report=True)
     dashboard.register_panel("Withdrawals", withdrawals_panel, uses_report=True)

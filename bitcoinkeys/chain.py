@@ -50,11 +50,27 @@ _ADDRESS = re.compile(r"[A-Za-z0-9]{14,100}")
 # Bitcoin Core RPC error codes we act on (src/rpc/protocol.h).
 RPC_WALLET_ERROR = -4  # also "database already exists" from createwallet on older Cores
 RPC_INVALID_ADDRESS_OR_KEY = -5  # e.g. listsinceblock's "Block not found"
+RPC_WALLET_UNLOCK_NEEDED = -13
 RPC_WALLET_NOT_FOUND = -18
+RPC_WALLET_NOT_SPECIFIED = -19
+RPC_IN_WARMUP = -28  # the node is still loading its block index or wallets
 RPC_WALLET_ALREADY_LOADED = -35
 RPC_WALLET_ALREADY_EXISTS = -36
+# Answers that say the node or wallet is not ready, not that it refuses this payment: a send that
+# got one did nothing, but the request must not be failed and refunded over it.
+NOT_READY_CODES = frozenset(
+    {RPC_IN_WARMUP, RPC_WALLET_NOT_FOUND, RPC_WALLET_NOT_SPECIFIED, RPC_WALLET_UNLOCK_NEEDED}
+)
 # python-bitcoinlib's own codes for answers that are not JSON-RPC at all.
 _LIB_GARBAGE_CODES = (-342, -343, -344, -345)
+# BITCOIN_NETWORK -> the "chain" getblockchaininfo reports.
+NODE_CHAINS = {
+    "mainnet": "main",
+    "testnet": "test",
+    "testnet4": "testnet4",
+    "signet": "signet",
+    "regtest": "regtest",
+}
 
 
 class ChainError(Exception):
@@ -69,13 +85,42 @@ class ChainUnavailable(ChainError):
     """No answer: connection refused, timed out or dropped. For a send, the outcome is unknown."""
 
 
+class ChainUnauthorized(ChainError):
+    """The node refused our RPC credentials (HTTP 401): BITCOIND_URL has the wrong password."""
+
+
+class WrongNetwork(ChainError):
+    """The node runs another network than BITCOIN_NETWORK: its payments are not ours to credit."""
+
+
+def fault_kind(exc: ChainError) -> str:
+    """What is wrong with the node, in one word, for alerts: each kind is logged once."""
+    if isinstance(exc, ChainUnavailable):
+        return "unreachable"
+    if isinstance(exc, ChainUnauthorized):
+        return "credentials"
+    if isinstance(exc, WrongNetwork):
+        return "network"
+    if exc.code == RPC_IN_WARMUP:
+        return "warming-up"
+    if exc.code in (RPC_WALLET_NOT_FOUND, RPC_WALLET_NOT_SPECIFIED):
+        return "wallet"
+    return "error"
+
+
 @dataclass(frozen=True)
 class Payment:
     address: str
     outpoint: str  # "txid:vout"
     sats: int
-    confirmations: int  # negative: conflicted (double-spent or replaced by a mined transaction)
+    # Negative: conflicted (double-spent or replaced by a mined transaction). Core lists such a
+    # payment only in listsinceblock's "removed"; elsewhere it drops out of every listing.
+    confirmations: int
     removed: bool = False  # listed in listsinceblock's "removed": its block was reorged away
+    # Unconfirmed and displaced in the mempool by a transaction spending the same coins (a fee
+    # bump's original, or a double spend): Core's "mempoolconflicts". Not a payment any more
+    # unless that other transaction is evicted.
+    replaced: bool = False
 
     @property
     def txid(self) -> str:
@@ -189,6 +234,9 @@ class NoChain:
 
     def import_addresses(self, addresses: list[str]) -> int:
         return 0
+
+    def check_node(self, wallets: tuple[str, ...] = ()) -> None:
+        return None
 
     def send(self, address: str, sats: int, comment: str) -> str:
         raise ChainError("No bitcoin node is configured (CHAIN_BACKEND=none): nothing can be sent.")
@@ -304,7 +352,10 @@ class BitcoindChain:
                     result = proxy.call(method, *args)
                 except _Unauthorized:
                     self._drop(wallet)
-                    raise ChainError("bitcoind rejected the credentials (HTTP 401).") from None
+                    raise ChainUnauthorized(
+                        "bitcoind rejected the RPC credentials (HTTP 401): check the user and "
+                        "password in BITCOIND_URL."
+                    ) from None
                 except JSONRPCError as exc:
                     error = getattr(exc, "error", {}) or {}
                     code, message = error.get("code"), error.get("message", "")
@@ -338,16 +389,44 @@ class BitcoindChain:
                 return result
         raise AssertionError("unreachable")
 
-    def _wallet_rpc(self, wallet: str, method: str, *args: Any, read: bool = True) -> Any:
+    def _wallet_rpc(
+        self, wallet: str, method: str, *args: Any, read: bool = True, create: bool = False
+    ) -> Any:
+        """A wallet RPC. A wallet the node has not loaded (it restarted) is loaded and the call
+        made again; only `create` (an import, before any address is dealt) may create it. A
+        watcher that created an empty deposit wallet would silently see no payment at all."""
         try:
             return self._rpc(wallet, method, *args, read=read)
         except ChainError as exc:
-            # The node restarted without loading the wallet, or it was never created: this
-            # answer means the call did nothing, so loading the wallet and trying again is safe.
+            # This answer means the call did nothing, so loading the wallet and trying again is
+            # safe.
             if exc.code != RPC_WALLET_NOT_FOUND or isinstance(exc, ChainUnavailable):
                 raise
-        self._load_wallet(wallet, create=wallet == self.wallet)
+        self._load_wallet(wallet, create=create)
         return self._rpc(wallet, method, *args, read=read)
+
+    def check_node(self, wallets: tuple[str, ...] = ()) -> None:
+        """Raise ChainError unless this node may be credited from and paid from: it answers, our
+        credentials work, it has finished starting (else code -28), it runs BITCOIN_NETWORK
+        (WrongNetwork), and each of `wallets` is loaded or can be (code -18 otherwise)."""
+        info = self._rpc(None, "getblockchaininfo")
+        chain = info.get("chain") if isinstance(info, dict) else None
+        network = settings.BITCOIN_NETWORK
+        if chain != NODE_CHAINS.get(network):
+            raise WrongNetwork(
+                f"bitcoind runs the {chain!r} chain but BITCOIN_NETWORK is {network!r}: "
+                f"point BITCOIND_URL at a {network} node (or fix BITCOIN_NETWORK)."
+            )
+        for wallet in wallets:
+            try:
+                self._wallet_rpc(wallet, "getwalletinfo")
+            except ChainError as exc:
+                if exc.code != RPC_WALLET_NOT_FOUND:
+                    raise
+                raise ChainError(
+                    f"bitcoind has no wallet {wallet!r} (create it, or fix the wallet setting).",
+                    code=exc.code,
+                ) from None
 
     def _load_wallet(self, wallet: str, create: bool) -> None:
         try:
@@ -358,7 +437,9 @@ class BitcoindChain:
             if _already_loaded(exc):
                 return
             if exc.code != RPC_WALLET_NOT_FOUND or not create:
-                raise ChainError(f"bitcoind wallet {wallet!r} cannot be loaded: {exc}", exc.code)
+                raise ChainError(
+                    f"bitcoind wallet {wallet!r} cannot be loaded: {exc}", code=exc.code
+                ) from None
         try:
             # createwallet name disable_private_keys blank passphrase avoid_reuse descriptors
             # load_on_startup: a blank watch-only descriptor wallet that comes back after a restart.
@@ -391,7 +472,7 @@ class BitcoindChain:
             requests = [
                 {"desc": address_descriptor(a), "timestamp": timestamp, "label": a} for a in chunk
             ]
-            results = self._wallet_rpc(self.wallet, "importdescriptors", requests)
+            results = self._wallet_rpc(self.wallet, "importdescriptors", requests, create=True)
             if not isinstance(results, list) or len(results) != len(chunk):
                 raise ChainError("bitcoind answered importdescriptors with something unexpected")
             for address, result in zip(chunk, results, strict=True):
@@ -449,7 +530,12 @@ class BitcoindChain:
             if not isinstance(tx, dict) or not isinstance(tx.get("details"), list):
                 raise ChainError("bitcoind answered gettransaction with something unexpected")
             confirmations = tx.get("confirmations")
-            entries = [{**d, "txid": txid, "confirmations": confirmations} for d in tx["details"]]
+            common = {
+                "txid": txid,
+                "confirmations": confirmations,
+                "mempoolconflicts": tx.get("mempoolconflicts", []),
+            }
+            entries = [{**d, **common} for d in tx["details"]]
             payments += [p for p in _payments(entries, "gettransaction") if p.address == address]
         return payments
 
@@ -549,7 +635,10 @@ def _payments(entries: Any, method: str, removed: bool = False) -> list[Payment]
             raise ChainError(f"bitcoind sent an unreadable amount: {entry.get('amount')!r}")
         if sats <= 0:
             raise ChainError(f"bitcoind listed a received amount that is not positive: {entry!r}")
-        payments.append(Payment(address, f"{txid}:{vout}", sats, confirmations, removed))
+        replaced = confirmations == 0 and bool(entry.get("mempoolconflicts"))
+        payments.append(
+            Payment(address, f"{txid}:{vout}", sats, confirmations, removed, replaced=replaced)
+        )
     return payments
 
 

@@ -37,6 +37,7 @@ from accounts.audit import Report
 from accounts.gateway import DIR_CHUNK, full_ledger, get_account, walk_directory
 from docstore import AlreadyExists, Ambiguous, CasMismatch, Clock, NotFound, Store
 
+from . import node_alerts
 from .chain import RPC_INVALID_ADDRESS_OR_KEY, ChainError, ChainUnavailable, Payment, get_chain
 from .gateway import DEPOSITDIR, deposit_key, depositdir_key, watchcursor_key
 
@@ -197,7 +198,7 @@ def credit_confirmed(
         counters["pending"] += sum(
             1
             for op, p in payments.items()
-            if op not in credited and 0 <= p.confirmations < required
+            if op not in credited and 0 <= p.confirmations < required and not p.replaced
         )
         creditable = _creditable(payments, credited, required)
         if creditable and chain is not None:
@@ -375,6 +376,8 @@ def watch_pass(store: Store, clock: Clock, chain: Any) -> dict[str, int]:
     required = required_confirmations()
     cursor, cas = _read_cursor(store)
     try:
+        # Before anything is credited: the right node, network and credentials, done warming up.
+        _check_node(chain)
         try:
             payments, new_cursor = chain.payments_since(cursor, required)
         except ChainError as exc:
@@ -385,13 +388,12 @@ def watch_pass(store: Store, clock: Clock, chain: Any) -> dict[str, int]:
             log.error("bitcoind does not know the cursor block %s; listing from the start", cursor)
             payments, new_cursor = chain.payments_since(None, required)
         counters = credit_confirmed(store, clock, payments, chain=chain)
-    except ChainUnavailable as exc:
-        log.warning("deposit watcher: %s; next pass tries again", exc)
-        counters = {"unavailable": 1}
     except ChainError as exc:
-        log.error("deposit watcher: %s; next pass tries again", exc)
-        counters = {"chainerror": 1}
+        # One log line and one admin banner per kind of fault, not one per pass.
+        node_alerts.raise_alert(store, clock, "deposits", exc)
+        counters = {"unavailable" if isinstance(exc, ChainUnavailable) else "chainerror": 1}
     else:
+        node_alerts.clear_alert(store, "deposits")
         if counters["busy"] or counters["failed"]:
             # Something creditable is still uncredited: the next pass must list it again.
             counters["held"] = 1
@@ -399,6 +401,12 @@ def watch_pass(store: Store, clock: Clock, chain: Any) -> dict[str, int]:
             counters["advanced"] = int(_advance_cursor(store, clock, cas, new_cursor))
     heartbeat.beat(store, HEARTBEAT, clock.now(), **counters)
     return counters
+
+
+def _check_node(chain: Any) -> None:
+    check = getattr(chain, "check_node", None)
+    if check is not None:
+        check()
 
 
 def run_watch_task(store: Store, clock: Clock) -> dict[str, int]:
@@ -428,6 +436,7 @@ def user_addresses(account: dict) -> list[str]:
 def check_deposits(store: Store, clock: Clock, chain: Any, username: str) -> dict[str, int]:
     """Ask the node about the user's newest addresses and credit what is confirmed."""
     addresses = user_addresses(get_account(store, username).value)[:CHAIN_LOOKUPS]
+    _check_node(chain)
     payments: list[Payment] = []
     for address in addresses:
         payments += chain.payments_for(address)
@@ -515,6 +524,8 @@ def deposit_view(store: Store, chain: Any, username: str) -> DepositView:
     seen: dict[str, dict[str, Payment]] = {}
     if available:
         try:
+            if addresses:
+                _check_node(chain)
             for address in addresses[:CHAIN_LOOKUPS]:
                 seen[address] = {p.outpoint: p for p in chain.payments_for(address)}
         except ChainError as exc:
@@ -543,7 +554,7 @@ def deposit_view(store: Store, chain: Any, username: str) -> DepositView:
         creditable = _creditable(payments, credited, required)
         below = sum(creditable.values()) < minimum
         for op, p in payments.items():
-            if op in credited or p.confirmations < 0:
+            if op in credited or p.confirmations < 0 or p.replaced:
                 continue  # replaced or double-spent before it confirmed: not a payment any more
             if p.confirmations < required:
                 status = "pending"

@@ -20,6 +20,9 @@ Deposits:
                        (getting also has `since`: the resume pass waits a lease; the set's
                        `filling` lock carries `since` too)
   watchcursor::<name>  the chain backend's cursor (e.g. listsinceblock's lastblock)
+  chainalert::<role>   {kind, message, since}: the node cannot be used for `role` (deposits,
+                       withdrawals): wrong password, warming up, wrong network, wallet missing,
+                       unreachable. Cleared when it answers correctly again (node_alerts.py)
 
 Withdrawals:
   withdrawcount::<u> (counter), withdraw::<u>::<i>, withdrawdir::<g> {username, i, at} (counter `withdrawdir`)
@@ -33,6 +36,11 @@ DEPOSITDIR = "depositdir"
 WITHDRAWDIR = "withdrawdir"
 IMPORT_LEASE = "keyimport::lease"
 KEYPOOL_ALERT = "keypool::alert"
+CHAIN_ALERT_ROLES = ("deposits", "withdrawals")
+
+
+def chainalert_key(role: str) -> str:
+    return f"chainalert::{role}"
 
 
 def keyset_key(s: int) -> str:

@@ -52,8 +52,9 @@ from accounts.gateway import account_key, directory_size, full_ledger, get_accou
 from accounts.money import MAX_SATS, fee_up, format_btc
 from docstore import AlreadyExists, Ambiguous, CasMismatch, Clock, Doc, NotFound, Store
 
+from . import node_alerts
 from .addresses import AddressError, validate_address
-from .chain import ChainError, ChainUnavailable
+from .chain import NOT_READY_CODES, ChainError, ChainUnavailable
 from .gateway import (
     WITHDRAWDIR,
     withdraw_key,
@@ -120,6 +121,11 @@ class ProcessorBusy(Exception):
 
 class NoPayoutWallet(Exception):
     """The chain backend cannot send (CHAIN_BACKEND=none): refuse before touching a request."""
+
+
+class NodeNotReady(Exception):
+    """The node cannot be paid from as configured (wrong password, warming up, another network,
+    no payout wallet, unreachable): refuse before touching a request."""
 
 
 class LeaseLost(Exception):
@@ -790,7 +796,7 @@ def process(
     """One processor pass over every queued, sending and failed request, in the order received.
 
     Raises ProcessorBusy when another processor holds the lease, NoPayoutWallet when `chain`
-    cannot send. A pass with nothing to do takes no lease and writes nothing (not even the
+    cannot send, NodeNotReady when the node fails its check (then an admin alert is up). A pass with nothing to do takes no lease and writes nothing (not even the
     cursor: the next pass with work moves it), so an idle processor costs reads only.
     """
     if not getattr(chain, "available", True):
@@ -803,6 +809,17 @@ def process(
     work = scan.in_state(QUEUED, SENDING, FAILED)
     if not work:
         return report
+    check = getattr(chain, "check_node", None)
+    if check is not None:
+        try:
+            check((chain.payout_wallet,))
+        except ChainError as exc:
+            node_alerts.raise_alert(store, clock, "withdrawals", exc)
+            raise NodeNotReady(
+                f"The bitcoin node cannot be paid from: {exc} Nothing was sent; every request "
+                f"stays as it was."
+            ) from exc
+        node_alerts.clear_alert(store, "withdrawals")
     # Renewed before every send, so it only has to outlive one wallet call; a killed processor
     # blocks the next one for at most this long.
     lease_seconds = lease_seconds or settings.WITHDRAW_PROCESSOR_LEASE_SECONDS
@@ -954,6 +971,15 @@ class _Pass:
         self.record_sent(key, txid, doc, found=False)
 
     def unknown(self, key: str, req: dict, exc: Exception) -> None:
+        if getattr(exc, "code", None) in NOT_READY_CODES:
+            # Nothing was sent, but the node is not in a state to pay: stop the whole pass
+            # rather than fail (and refund) every request in turn.
+            self.emit(key, req, "sending", detail=f"the node was not ready: {exc}")
+            node_alerts.raise_alert(self.store, self.clock, "withdrawals", exc)
+            raise _Stop(
+                f"The payout wallet was not ready while sending {key} ({exc}); nothing was sent. "
+                f"It stays 'sending' and is looked up by its comment before it is sent."
+            ) from exc
         kind = "did not answer" if isinstance(exc, ChainUnavailable) else "answered oddly"
         self.emit(key, req, "sending", detail=f"outcome unknown: {exc}")
         log.error("payout of %s: wallet %s (%s); left 'sending'", key, kind, exc)
@@ -1026,6 +1052,7 @@ def is_refusal(exc: BaseException) -> bool:
         isinstance(exc, ChainError)
         and not isinstance(exc, ChainUnavailable)
         and getattr(exc, "code", None) is not None
+        and exc.code not in NOT_READY_CODES
     )
 
 

@@ -16,6 +16,8 @@ from accounts.gateway import ensure_account
 from docstore import FixedClock
 from tests.teststore import BACKEND, make_test_store, open_store, store_config
 
+pytest_plugins = ["tests.regtest"]
+
 T0 = 1_700_000_000
 PASSWORD = "correct-horse-battery-9"
 

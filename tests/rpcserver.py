@@ -11,11 +11,19 @@ The chain is scripted and deterministic (txids and block hashes are hashes of a 
 displaced by one paying elsewhere), `reorg`. Faults: `unauthorized`, `garbage` (a body to answer
 with), `delay` (sleep before answering), `close_idle` (close each connection after answering,
 without saying so, as a node dropping idle keep-alive connections does), `drop_after` (apply a
-method, then close without answering), `fail(method, code, message)`.
+method, then close without answering), `fail(method, code, message)`, `warming_up` (every RPC
+answers Core's -28 "Loading block index..." as a node still starting does), `chain` (the network
+getblockchaininfo reports).
 
 Confirmations follow Core: mined -> depth; in the mempool -> 0; displaced by a transaction that
 is not mined yet -> 0 (untrusted, with walletconflicts when the wallet knows the other one);
-displaced by a mined one -> minus that one's depth.
+displaced by a mined one -> minus that one's depth. As in Core, a receive that is conflicted
+(negative confirmations) drops out of every listing and of gettransaction's details; only
+listsinceblock's "removed" still shows it. A transaction displaced in the mempool lists the other
+one in "mempoolconflicts" (and in "walletconflicts" only when the wallet knows it).
+
+tests/test_regtest_rpc_parity.py runs the same scenarios here and on a real node and compares what
+the product reads; this stand-in stays for the faults a real node cannot be made to show.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from embit.descriptor.checksum import add_checksum
+
+from bitcoinkeys.addresses import AddressError, validate_address
 
 SATS = 100_000_000
 EXTERNAL = "external-address"
@@ -97,6 +107,8 @@ class FakeBitcoind:
         self.loaded: set[str] = set()
         # Faults and observations.
         self.unauthorized = False
+        self.warming_up = False
+        self.chain = "regtest"
         self.garbage: bytes | None = None
         self.delay = 0.0
         self.close_idle = False
@@ -270,7 +282,9 @@ class FakeBitcoind:
             if tx.sender == wallet.name or any(a in wallet.addresses for a, _ in tx.outputs)
         ]
 
-    def _entries(self, wallet: Wallet, tx: Tx) -> list[dict]:
+    def _entries(self, wallet: Wallet, tx: Tx, min_depth: int | None = 0) -> list[dict]:
+        """Core's ListTransactions: receives below `min_depth` confirmations (conflicted ones,
+        for every listing but listsinceblock's "removed") are left out; sends never are."""
         confirmations = self.confirmations(tx)
         common: dict[str, Any] = {"confirmations": confirmations}
         if tx.block is not None and self._height(tx.block) is not None:
@@ -288,10 +302,13 @@ class FakeBitcoind:
             for t in self._wallet_txs(wallet)
             if t.txid != tx.txid and (t.displaced_by == tx.txid or tx.displaced_by == t.txid)
         ]
+        displacer = self.txs.get(tx.displaced_by) if tx.displaced_by else None
+        in_mempool = displacer is not None and confirmations == 0 and displacer.block is None
         common.update(
             txid=tx.txid,
             wtxid=tx.txid,
             walletconflicts=conflicts,
+            mempoolconflicts=[displacer.txid] if in_mempool else [],
             time=tx.time,
             timereceived=tx.time,
             **{"bip125-replaceable": "yes" if confirmations == 0 else "no"},
@@ -312,12 +329,15 @@ class FakeBitcoind:
                     }
                 )
             elif address in wallet.addresses:
+                if min_depth is not None and confirmations < min_depth:
+                    continue
                 entry = {
                     "address": address,
                     "category": "receive",
                     "amount": Amount(sats),
                     "label": wallet.addresses[address],
                     "vout": vout,
+                    "abandoned": False,
                     **common,
                 }
                 if wallet.watch_only:
@@ -345,6 +365,8 @@ class FakeBitcoind:
                 wallet_name = urllib.parse.unquote(path[len("/wallet/") :])
             with self.lock:
                 self.calls.append((wallet_name, method, params))
+                if self.warming_up:
+                    raise RPCError(-28, "Loading block index…")
                 queued = self.failures.get(method)
                 if queued:
                     code, message = queued.pop(0)
@@ -360,7 +382,11 @@ class FakeBitcoind:
             return 500, {"result": None, "error": error, "id": request_id}
 
     def _dispatch(self, wallet_name: str | None, method: str, params: list) -> Any:
-        node_methods = {"createwallet": self.rpc_createwallet, "loadwallet": self.rpc_loadwallet}
+        node_methods = {
+            "createwallet": self.rpc_createwallet,
+            "loadwallet": self.rpc_loadwallet,
+            "getblockchaininfo": self.rpc_getblockchaininfo,
+        }
         if method in node_methods:
             return node_methods[method](*params)
         wallet_methods = {
@@ -371,6 +397,7 @@ class FakeBitcoind:
             "listtransactions": self.rpc_listtransactions,
             "sendtoaddress": self.rpc_sendtoaddress,
             "getbalances": self.rpc_getbalances,
+            "getwalletinfo": self.rpc_getwalletinfo,
         }
         if method not in wallet_methods:
             raise RPCError(-32601, "Method not found", status=404)
@@ -416,6 +443,24 @@ class FakeBitcoind:
             )
         self.loaded.add(name)
         return {"name": name}
+
+    def rpc_getblockchaininfo(self):
+        return {
+            "chain": self.chain,
+            "blocks": self.tip,
+            "headers": self.tip,
+            "bestblockhash": self.main[-1],
+            "initialblockdownload": False,
+            "warnings": [],
+        }
+
+    def rpc_getwalletinfo(self, wallet: Wallet):
+        return {
+            "walletname": wallet.name,
+            "format": "sqlite",
+            "private_keys_enabled": not wallet.watch_only,
+            "descriptors": True,
+        }
 
     def rpc_importdescriptors(self, wallet: Wallet, requests):
         results = []
@@ -468,7 +513,8 @@ class FakeBitcoind:
             for txid in removed_txids:
                 tx = self.txs[txid]
                 if tx in self._wallet_txs(wallet):
-                    removed += self._entries(wallet, tx)
+                    # Core lists these whatever their confirmations, conflicted ones included.
+                    removed += self._entries(wallet, tx, min_depth=None)
         last = self.main[max(0, self.tip + 1 - target_confirmations)]
         return {"transactions": transactions, "removed": removed, "lastblock": last}
 
@@ -542,6 +588,10 @@ class FakeBitcoind:
             raise RPCError(-3, "Invalid amount") from None
         if value.as_tuple().exponent < -8:
             raise RPCError(-3, "Invalid amount")
+        try:
+            validate_address(address, "regtest")
+        except AddressError:
+            raise RPCError(-5, f"Invalid Bitcoin address: {address}") from None
         sats = int(value * SATS)
         if sats <= 0:
             raise RPCError(-3, "Amount out of range")

@@ -23,8 +23,9 @@ from bitcoinkeys.chain import (
 )
 from tests.rpcserver import FakeBitcoind, closed_port
 
-A = "bcrt1qchaintestaddress00000000000000000001"
-B = "bcrt1qchaintestaddress00000000000000000002"
+# Valid regtest addresses: the stand-in refuses to send to anything else, as Core does.
+A = "bcrt1qrfxsqh8pd3uennf7hm9aavtpt6ul37ttcexdqj"
+B = "bcrt1qpd5fa65yx46ahm3vuln3n2x57kggvsfdk4upex"
 MAX_SATS = 2_099_999_999_999_999
 
 
@@ -186,24 +187,28 @@ def test_payments_for_lists_each_output_to_that_address(node, chain):
     assert chain.payments_for("bcrt1qnothingpaidhere0000000000") == []
 
 
-def test_a_fee_bump_shows_the_replacement_and_then_the_original_as_conflicted(node, chain):
+def test_a_fee_bump_shows_the_original_replaced_then_only_the_replacement(node, chain):
     old = node.pay(A, 70_000)
     new = node.bump_fee(old)
     payments, cursor = chain.payments_since(None)
-    assert {(p.outpoint, p.confirmations) for p in payments} == {(old, 0), (new, 0)}
+    seen = {(p.outpoint, p.confirmations, p.replaced) for p in payments}
+    assert seen == {(old, 0, True), (new, 0, False)}
+    assert {(p.outpoint, p.replaced) for p in chain.payments_for(A)} == {(old, True), (new, False)}
     node.mine()
+    # Core lists a conflicted receive nowhere (only in "removed" after a reorg).
     payments, _ = chain.payments_since(cursor)
-    assert {(p.outpoint, p.confirmations) for p in payments} == {(old, -1), (new, 1)}
+    assert {(p.outpoint, p.confirmations) for p in payments} == {(new, 1)}
     assert [p.outpoint for p in chain.payments_for(A)] == [new]
 
 
-def test_a_double_spend_leaves_the_payment_conflicted(node, chain):
+def test_a_double_spent_payment_drops_out_of_every_listing(node, chain):
     op = node.pay(A, 70_000)
     _, cursor = chain.payments_since(None)
     node.double_spend(op)
+    (payment,) = chain.payments_for(A)
+    assert (payment.outpoint, payment.confirmations, payment.replaced) == (op, 0, True)
     node.mine(2)
-    payments, _ = chain.payments_since(cursor)
-    assert [(p.outpoint, p.confirmations) for p in payments] == [(op, -2)]
+    assert chain.payments_since(cursor)[0] == []
     assert chain.payments_for(A) == []
 
 
@@ -223,7 +228,7 @@ def test_a_reorg_reports_the_removed_payment(node, chain):
 
 def test_bad_credentials_are_a_clear_error(node):
     chain = make_chain(node, url=node.url.replace("rpc-pass-1", "wrong"))
-    with pytest.raises(ChainError, match="rejected the credentials") as info:
+    with pytest.raises(ChainError, match="rejected the RPC credentials") as info:
         chain.payments_since(None)
     assert not isinstance(info.value, ChainUnavailable)
 

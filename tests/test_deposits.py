@@ -154,7 +154,7 @@ def test_the_cursor_keeps_a_pass_to_new_activity(store, clock, node, chain, alic
     listing = [c for c in node.calls if c[1] == "listsinceblock"]
     assert listing == [(WALLET, "listsinceblock", [cursor, 1, True, True])]
     # Nothing new: no history lookups, no writes beyond the heartbeat.
-    assert {c[1] for c in node.calls} == {"listsinceblock"}
+    assert {c[1] for c in node.calls} == {"getblockchaininfo", "listsinceblock"}
 
 
 def test_a_second_pass_and_a_second_watcher_credit_nothing_more(store, clock, node, chain, alice):
@@ -248,13 +248,15 @@ def test_a_reorged_credited_payment_raises_an_alert_and_is_not_debited(
     assert any(op in r.getMessage() and "VANISHED" in r.getMessage() for r in errors)
     assert rows(store, chain, "alice", alice) == [(op, 600_000, "vanished")]
 
-    # The payment is then double-spent for good: a second event, still no debit.
+    # The payment is then double-spent for good: it drops out of every listing (as in Core),
+    # the alert stands, the page still says vanished, and nobody is debited.
     node.double_spend(op)
     node.mine()
     deposits.watch_pass(store, clock, chain)
     deposits.watch_pass(store, clock, chain)
     events = store.get(deposits.alert_key(alice)).value["outpoints"][op]["events"]
-    assert [e["what"] for e in events][1:] == ["it was double-spent or replaced (conflicted)"]
+    assert [e["what"] for e in events] == ["its block was removed by a reorg"]
+    assert rows(store, chain, "alice", alice) == [(op, 600_000, "vanished")]
     assert balance(store, "alice") == 600_000
     assert [a["address"] for a in deposits.iter_alerts(store)] == [alice]
     assert_audit_clean(store)

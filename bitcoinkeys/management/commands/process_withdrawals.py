@@ -76,7 +76,7 @@ class Command(StoreCommand):
                     store, clock, chain, cap,
                     on_line=self._show_outcome, should_stop=lambda: stop.requested,
                 )  # fmt: skip
-        except (w.ProcessorBusy, w.NoPayoutWallet) as exc:
+        except (w.ProcessorBusy, w.NoPayoutWallet, w.NodeNotReady) as exc:
             raise CommandError(str(exc)) from None
         for note in report.notes:
             self._say(self.style.WARNING(note))
