@@ -171,6 +171,9 @@ if CREDITOR_THREADS < 1:
         f"CREDITOR_THREADS must be at least 1, not {CREDITOR_THREADS}"
     )
 
+# How long an admin's adjust confirmation page may be submitted (its token is signed and dated).
+ADJUST_CONFIRM_SECONDS = env.int("ADJUST_CONFIRM_SECONDS", default=600)
+
 # Rate limits: attempts per window, per client (and per username for login).
 LOGIN_RATE_LIMIT = env.int("LOGIN_RATE_LIMIT", default=10)
 REGISTER_RATE_LIMIT = env.int("REGISTER_RATE_LIMIT", default=5)
