@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# A development run: dev settings (DEBUG on, no secrets needed) unless the environment names
+# others. Without any, manage.py and the WSGI app use the production settings, which need secrets.
+run: export DJANGO_SETTINGS_MODULE ?= config.settings.dev
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py init_docstore

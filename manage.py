@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-import os
 import sys
 
 if __name__ == "__main__":
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+    from config.environment import choose_settings
+
+    # .env first, then the settings it names; production (secrets required) when none is named.
+    choose_settings()
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

@@ -2,9 +2,14 @@
 
 The pages are added to the default site by wrapping `admin.site.get_urls` and `admin.site.index`
 (the project routes `admin.site.urls`; a custom AdminSite would need a settings change), each view
-behind `admin.site.admin_view`, so only active staff get in. Money actions follow one pattern: a
-form, a confirmation page carrying everything that will be applied (and a request id, so the same
-confirmation submitted twice applies once), then the call into the protocol module.
+behind `admin.site.admin_view`, so only active staff get in. Each money action also needs its own
+permission (`MONEY_PERMISSIONS`, on the User model; superusers have all), is logged with who did it,
+and follows one pattern: a form, a confirmation page, then the call into the protocol module. An
+adjustment's confirmation is a signed token (who, which account, amount, reason, request id, when)
+made at review, so the step cannot be skipped or its fields altered; its request id is the commit
+point, so the same confirmation submitted twice applies once. Nobody adjusts their own account.
+
+The admin's own login goes through the site's login rate limit (`_login`).
 
 Other apps add links to the index's "Operations" block with `register_operation`, their own
 staff pages with `register_admin_urls` (each view is wrapped in `admin_view` here, so none can
@@ -26,18 +31,23 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.auth import REDIRECT_FIELD_NAME
+from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
-from django.core.exceptions import ValidationError
+from django.contrib.auth.models import Group
+from django.core import signing
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import EmptyPage, Page, PageNotAnInteger, Paginator
 from django.db.models import Case, Value, When
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
+from django.utils.cache import add_never_cache_headers
 from django.utils.http import urlencode
 
 from docstore import DocstoreError, NotFound, get_clock, get_store
 
-from . import dashboard, locks, money
+from . import dashboard, locks, money, ratelimit
 from .adjust import MAX_REASON, adjust_balance, new_request_id
 from .gateway import account_key, ensure_account, full_ledger, get_account
 from .models import USERNAME_RE, User, username_validator
@@ -46,15 +56,48 @@ log = logging.getLogger("accounts.money")
 
 LEDGER_PER_PAGE = 100
 ACCOUNTS_PER_PAGE = 50
-REQUEST_ID_RE = r"^[A-Za-z0-9_-]{1,64}$"
+CONFIRM_SALT = "accounts.admin.adjust-confirmation"
+
+# Each staff money action and the permission it needs (Meta.permissions of accounts.User).
+ADJUST_PERMISSION = "accounts.adjust_balance"
+FINISH_LOCK_PERMISSION = "accounts.finish_lock"
+REFUND_PERMISSION = "accounts.refund_withdrawal"
+MONEY_PERMISSIONS = (ADJUST_PERMISSION, FINISH_LOCK_PERMISSION, REFUND_PERMISSION)
+
+# Who may hand out powers: only superusers (else a staffer who may edit users could give
+# themselves every money permission).
+PRIVILEGE_FIELDS = ("is_staff", "is_superuser", "groups", "user_permissions")
+
+
+def require_permission(request: HttpRequest, permission: str, action: str) -> None:
+    """Refuse (403) and log a staff user without `permission` for `action`."""
+    if not request.user.has_perm(permission):
+        log.warning(
+            "staff %s refused by=%s: lacks %s", action, request.user.get_username(), permission
+        )
+        raise PermissionDenied(f"You do not have the permission to {action}.")
 
 
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
     def get_readonly_fields(self, request, obj=None):
         # The account document is keyed by username: renaming a user would orphan its money.
-        fields = super().get_readonly_fields(request, obj)
-        return (*fields, "username") if obj is not None else fields
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if obj is not None:
+            fields += ("username",)
+        if not request.user.is_superuser:
+            fields += PRIVILEGE_FIELDS
+        return fields
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Another staff user's password or e-mail is theirs to change (or a superuser's): taking
+        # over their login would take over their permissions.
+        other_staff = (
+            obj is not None and obj.pk != request.user.pk and (obj.is_staff or obj.is_superuser)
+        )
+        if other_staff and not request.user.is_superuser:
+            return False
+        return super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request, obj=None) -> bool:
         # A deleted username could be registered again and inherit the old account document and
@@ -65,6 +108,23 @@ class UserAdmin(BaseUserAdmin):
         super().save_model(request, obj, form, change)
         if not change:
             ensure_account(get_store(), get_clock(), obj.username)
+
+
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class GroupAdmin(BaseGroupAdmin):
+    """Groups carry permissions: only superusers make or change them."""
+
+    def has_add_permission(self, request) -> bool:
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
 
 
 # --- signed amounts ---
@@ -114,11 +174,47 @@ class AdjustForm(forms.Form):
 
 
 class ConfirmAdjustForm(forms.Form):
-    """The hidden fields of the confirmation page: exactly what will be applied."""
+    """The confirmation page's one field: the signed token of exactly what will be applied."""
 
-    request_id = forms.RegexField(REQUEST_ID_RE, widget=forms.HiddenInput)
-    sats = forms.IntegerField(widget=forms.HiddenInput)
-    reason = forms.CharField(max_length=MAX_REASON, widget=forms.HiddenInput)
+    confirmation = forms.CharField(max_length=4000, widget=forms.HiddenInput)
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    sats: int
+    reason: str
+    request_id: str
+
+
+def sign_confirmation(request: HttpRequest, username: str, sats: int, reason: str) -> str:
+    """A token only this server can make: this staff user may apply this adjustment, once
+    (its request id is the commit point), for `ADJUST_CONFIRM_SECONDS`."""
+    payload = {
+        "by": request.user.pk,
+        "user": username,
+        "sats": sats,
+        "reason": reason,
+        "id": new_request_id(),
+        "at": get_clock().now(),
+    }
+    return signing.dumps(payload, salt=CONFIRM_SALT, compress=True)
+
+
+class ConfirmationRefused(Exception):
+    pass
+
+
+def read_confirmation(request: HttpRequest, username: str, token: str) -> Confirmation:
+    try:
+        data = signing.loads(token, salt=CONFIRM_SALT)
+    except signing.BadSignature:
+        raise ConfirmationRefused("The confirmation was incomplete or altered.") from None
+    if data.get("by") != request.user.pk or data.get("user") != username:
+        raise ConfirmationRefused("That confirmation was made for another user or account.")
+    age = get_clock().now() - data["at"]
+    if not 0 <= age <= settings.ADJUST_CONFIRM_SECONDS:
+        raise ConfirmationRefused("The confirmation expired; review the adjustment again.")
+    return Confirmation(data["sats"], data["reason"], data["id"])
 
 
 class FinishLockForm(forms.Form):
@@ -251,11 +347,14 @@ def inspect_view(request: HttpRequest) -> HttpResponse:
         ledger_total=len(newest_first),
         subtitle=username,
         inspect_url=_inspect_url(username),
+        can_adjust=request.user.has_perm(ADJUST_PERMISSION) and not _own_account(request, username),
+        can_finish_lock=request.user.has_perm(FINISH_LOCK_PERMISSION),
     )
     return TemplateResponse(request, "admin/accounts/inspect.html", context)
 
 
 def finish_lock_view(request: HttpRequest, username: str) -> HttpResponse:
+    require_permission(request, FINISH_LOCK_PERMISSION, "finish a lock")
     found = _account_or_redirect(request, username)
     if isinstance(found, HttpResponse):
         return found
@@ -307,6 +406,7 @@ def finish_lock_view(request: HttpRequest, username: str) -> HttpResponse:
 
 def adjust_pick_view(request: HttpRequest) -> HttpResponse:
     """The index's "Adjust balance" entry: choose the account, then the adjust page proper."""
+    require_permission(request, ADJUST_PERMISSION, "adjust a balance")
     form = InspectForm(request.GET) if "username" in request.GET else InspectForm()
     if form.is_bound and form.is_valid():
         username = form.cleaned_data["username"]
@@ -315,7 +415,17 @@ def adjust_pick_view(request: HttpRequest) -> HttpResponse:
     return TemplateResponse(request, "admin/accounts/adjust_pick.html", context)
 
 
+def _own_account(request: HttpRequest, username: str) -> bool:
+    return username.lower() == request.user.get_username().lower()
+
+
 def adjust_view(request: HttpRequest, username: str) -> HttpResponse:
+    require_permission(request, ADJUST_PERMISSION, "adjust a balance")
+    staff = request.user.get_username()
+    if _own_account(request, username):
+        log.warning("staff adjust refused by=%s user=%s: own account", staff, username)
+        messages.error(request, "Nobody adjusts their own balance; ask another staff member.")
+        return HttpResponseRedirect(_inspect_url(username))
     found = _account_or_redirect(request, username)
     if isinstance(found, HttpResponse):
         return found
@@ -334,14 +444,13 @@ def adjust_view(request: HttpRequest, username: str) -> HttpResponse:
         )
         return TemplateResponse(request, "admin/accounts/adjust.html", context)
 
-    def show_confirm(sats: int, reason: str, request_id: str) -> HttpResponse:
-        form = ConfirmAdjustForm(initial={"request_id": request_id, "sats": sats, "reason": reason})
+    def show_confirm(sats: int, reason: str, token: str) -> HttpResponse:
         context = admin_context(
             request,
             "Confirm adjustment",
             subtitle=username,
             username=username,
-            form=form,
+            form=ConfirmAdjustForm(initial={"confirmation": token}),
             credit=sats > 0,
             sats=abs(sats),
             amount_btc=money.format_btc(abs(sats)),
@@ -349,6 +458,7 @@ def adjust_view(request: HttpRequest, username: str) -> HttpResponse:
             balance=account["balance"],
             balance_btc=money.format_btc(account["balance"]),
             after_btc=money.format_btc(account["balance"] + sats),
+            confirm_minutes=settings.ADJUST_CONFIRM_SECONDS // 60,
             inspect_url=_inspect_url(username),
         )
         return TemplateResponse(request, "admin/accounts/adjust_confirm.html", context)
@@ -369,25 +479,28 @@ def adjust_view(request: HttpRequest, username: str) -> HttpResponse:
                 f"({money.format_btc(account['balance'])} BTC) below zero.",
             )
             return show_form(form)
-        return show_confirm(sats, reason, new_request_id())
+        return show_confirm(sats, reason, sign_confirmation(request, username, sats, reason))
 
     confirm = ConfirmAdjustForm(request.POST)
-    if not confirm.is_valid():
-        messages.error(request, "The confirmation was incomplete; nothing was changed.")
+    try:
+        if not confirm.is_valid():
+            raise ConfirmationRefused("The confirmation was incomplete or altered.")
+        token = confirm.cleaned_data["confirmation"]
+        c = read_confirmation(request, username, token)
+    except ConfirmationRefused as exc:
+        log.warning("staff adjust refused by=%s user=%s: %s", staff, username, exc)
+        messages.error(request, f"{exc} Nothing was changed.")
         return show_form(AdjustForm())
-    sats = confirm.cleaned_data["sats"]
-    reason = confirm.cleaned_data["reason"]
-    request_id = confirm.cleaned_data["request_id"]
-    staff = request.user.get_username()
     try:
         applied = adjust_balance(
-            get_store(), get_clock(), username, sats, reason, request_id=request_id, staff=staff
-        )
+            get_store(), get_clock(), username, c.sats, c.reason, request_id=c.request_id,
+            staff=staff,
+        )  # fmt: skip
     except locks.AccountError as exc:
         # AdjustError (too low, bad amount or reason), AccountBusy, AccountMissing: no lock was
         # taken, so nothing changed.
         messages.error(request, f"{exc} Nothing was changed.")
-        initial = {"amount": money.format_btc(sats), "reason": reason}
+        initial = {"amount": money.format_btc(c.sats), "reason": c.reason}
         return show_form(AdjustForm(initial=initial))
     except DocstoreError as exc:
         # The lock may be held; recovery finishes it, and this request id never applies twice.
@@ -395,17 +508,17 @@ def adjust_view(request: HttpRequest, username: str) -> HttpResponse:
             request,
             f"The docstore failed ({exc}). Submit the same confirmation again: it applies once.",
         )
-        return show_confirm(sats, reason, request_id)
+        return show_confirm(c.sats, c.reason, token)
     log.info(
         "staff adjust by=%s user=%s delta=%d request=%s applied=%s",
-        staff, username, sats, request_id, applied,
+        staff, username, c.sats, c.request_id, applied,
     )  # fmt: skip
     if applied:
-        verb = "Credited" if sats > 0 else "Debited"
-        prep = "to" if sats > 0 else "from"
+        verb = "Credited" if c.sats > 0 else "Debited"
+        prep = "to" if c.sats > 0 else "from"
         messages.success(
             request,
-            f"{verb} {money.format_btc(abs(sats))} BTC ({abs(sats)} sats) {prep} {username}.",
+            f"{verb} {money.format_btc(abs(c.sats))} BTC ({abs(c.sats)} sats) {prep} {username}.",
         )
     else:
         messages.warning(request, "This adjustment was already applied; nothing changed this time.")
@@ -546,14 +659,18 @@ class Operation:
     title: str
     url_name: str
     description: str = ""
+    permission: str = ""
 
 
 _operations: list[Operation] = []
 
 
-def register_operation(title: str, url_name: str, description: str = "") -> None:
-    """Link an admin page (by its `admin:` URL name) from the index's Operations block."""
-    op = Operation(title, url_name, description)
+def register_operation(
+    title: str, url_name: str, description: str = "", permission: str = ""
+) -> None:
+    """Link an admin page (by its `admin:` URL name) from the index's Operations block; with a
+    `permission`, only for staff who hold it."""
+    op = Operation(title, url_name, description, permission)
     if op not in _operations:
         _operations.append(op)
 
@@ -577,6 +694,7 @@ register_operation(
     "Adjust balance",
     "accounts_adjust_pick",
     "Credit or debit an account, with a written reason, after a confirmation page.",
+    ADJUST_PERMISSION,
 )
 
 
@@ -603,6 +721,34 @@ def register_admin_urls(patterns: Iterable[tuple[str, Callable[..., HttpResponse
 
 _site_get_urls = admin.site.get_urls
 _site_index = admin.site.index
+_site_login = admin.site.login
+
+
+def _login(request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+    """The admin's login, counted by the site login's throttle (`ratelimit.login_allowed`):
+    staff passwords guard money, so they get no more guesses than anyone's."""
+    if request.method == "POST":
+        username = request.POST.get("username", "")
+        if not ratelimit.login_allowed(request, username):
+            # Refused before the password is checked, as on the site's login page.
+            from django.contrib.admin.forms import AdminAuthenticationForm
+
+            log.warning("admin login throttled user=%s", username[:32])
+            messages.error(request, ratelimit.TOO_MANY_ATTEMPTS)
+            context = {
+                **admin.site.each_context(request),
+                "title": "Log in",
+                "subtitle": None,
+                "app_path": request.get_full_path(),
+                "username": request.user.get_username(),
+                "form": AdminAuthenticationForm(request, initial={"username": username[:32]}),
+                REDIRECT_FIELD_NAME: request.POST.get(REDIRECT_FIELD_NAME)
+                or reverse("admin:index"),
+            }
+            response = TemplateResponse(request, "admin/login.html", context, status=429)
+            add_never_cache_headers(response)
+            return response
+    return _site_login(request, extra_context)
 
 
 def _get_urls():
@@ -632,6 +778,8 @@ def _get_urls():
 def _index(request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
     operations = []
     for op in _operations:
+        if op.permission and not request.user.has_perm(op.permission):
+            continue
         try:
             url = reverse(f"admin:{op.url_name}")
         except NoReverseMatch:
@@ -646,3 +794,4 @@ def _index(request: HttpRequest, extra_context: dict | None = None) -> HttpRespo
 
 admin.site.get_urls = _get_urls
 admin.site.index = _index
+admin.site.login = _login

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from docstore import Store
 
-from .gateway import full_ledger, iter_accounts
+from .gateway import adjust_key, full_ledger, iter_accounts
 
 
 @dataclass
@@ -78,11 +78,27 @@ def audit_accounts(store: Store, report: Report) -> None:
         refs = [e["ref"] for e in entries]
         if len(refs) != len(set(refs)):
             report.breaches.append(f"ledger of {username} applies a ref twice")
-        report.add(
-            report.came_in, "adjustments", sum(e["delta"] for e in entries if e["kind"] == "adjust")
-        )
+        adjusts = [e for e in entries if e["kind"] == "adjust"]
+        report.add(report.came_in, "adjustments", sum(e["delta"] for e in adjusts))
+        _check_adjust_commits(store, report, username, adjusts)
         if report.check_locks and account.get("lock"):
             report.breaches.append(f"account::{username} still locked: {account['lock']['kind']}")
+
+
+def _check_adjust_commits(store: Store, report: Report, username: str, adjusts: list) -> None:
+    """Each adjustment settled under a request document (entries that name their `request`;
+    older ones predate them) has that document, for this account and this amount."""
+    committed = [e for e in adjusts if "request" in e]
+    found = store.get_multi([adjust_key(e["request"]) for e in committed]) if committed else {}
+    for e in committed:
+        doc = found.get(adjust_key(e["request"]))
+        if doc is None:
+            report.breaches.append(f"adjust {e['request']} of {username} has no request document")
+        elif doc.value["username"] != username or doc.value["delta"] != e["delta"]:
+            report.breaches.append(
+                f"adjust {e['request']} of {username} ({e['delta']}) disagrees with its request "
+                f"document ({doc.value['username']}, {doc.value['delta']})"
+            )
 
 
 def run_audit(store: Store, check_locks: bool = True) -> Report:

@@ -1,7 +1,8 @@
 """Key builders and typed access for the documents the accounts app owns (DESIGN.md section 4).
 
 `account::<u>` holds the balance, the one lock, the bitcoin deposit state, the API key and the
-latest ledger entries; older entries roll over into `ledger::<u>::<p>`. `accountdir::<g>` entries
+latest ledger entries; older entries roll over into `ledger::<u>::<p>`. `adjust::<request id>` is a
+staff adjustment's commit point (accounts/adjust.py). `accountdir::<g>` entries
 (numbered by the `accountdir` counter) let the audit and recovery reach every account by key.
 """
 
@@ -23,6 +24,11 @@ def account_key(username: str) -> str:
 
 def ledger_page_key(username: str, page: int) -> str:
     return f"ledger::{username}::{page}"
+
+
+def adjust_key(request_id: str) -> str:
+    """A staff adjustment's request document: its existence means the request id is used."""
+    return f"adjust::{request_id}"
 
 
 def accountdir_key(index: int) -> str:

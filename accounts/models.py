@@ -24,6 +24,14 @@ class User(AbstractUser):
     )
 
     class Meta:
+        # Staff money actions, each its own permission (superusers have all); the ORM holds no
+        # money, so they live on the user model. Checked in accounts/admin.py and the apps'
+        # admin pages.
+        permissions = [
+            ("adjust_balance", "Can credit or debit an account's balance"),
+            ("finish_lock", "Can finish an account's lock now"),
+            ("refund_withdrawal", "Can refund a payout the wallet refused"),
+        ]
         constraints = [
             # Case-insensitive uniqueness, enforced by the database so two racing sign-ups of
             # "Bob" and "bob" cannot both succeed.

@@ -4,7 +4,8 @@
 `accounts.admin` and `accounts.dashboard`, so `accounts` never imports bitcoinkeys.
 
 The only action here is the one the withdrawals module offers safely: refunding a payout the
-wallet refused (`withdrawals.refund_failed`), behind a confirmation page. Its commit point (the
+wallet refused (`withdrawals.refund_failed`), behind a confirmation page, for staff with the
+`accounts.refund_withdrawal` permission. Its commit point (the
 request's CAS `failed -> failed-refunded`) makes a second submission, or a race with the
 processor or the recovery pass that refund the same request, a no-op. Payouts themselves are
 the `process_withdrawals` command's job; nothing here sends, retries or deletes anything.
@@ -25,7 +26,14 @@ from django.urls import reverse
 from django.utils.http import urlencode
 
 from accounts import dashboard, locks
-from accounts.admin import admin_context, paginate, register_admin_urls, register_operation
+from accounts.admin import (
+    REFUND_PERMISSION,
+    admin_context,
+    paginate,
+    register_admin_urls,
+    register_operation,
+    require_permission,
+)
 from accounts.audit import Report
 from accounts.gateway import directory_size, get_account, walk_directory
 from accounts.models import USERNAME_RE
@@ -319,6 +327,7 @@ class ConfirmRefundForm(forms.Form):
 def refund_view(request: HttpRequest, username: str, i: int) -> HttpResponse:
     """Refund a `failed` request's hold now (the processor and recovery would, when the
     account is free). Idempotent: the request's CAS to `failed-refunded` happens once."""
+    require_permission(request, REFUND_PERMISSION, "refund a payout")
     queue = reverse("admin:bitcoinkeys_withdrawals")
     if not _valid_username(username):
         messages.error(request, "Usernames are 1 to 32 letters and digits.")

@@ -5,7 +5,7 @@ import pytest
 from accounts import locks
 from accounts.adjust import AdjustError, adjust_balance
 from accounts.audit import run_audit
-from accounts.gateway import ensure_account, full_ledger, get_account
+from accounts.gateway import LEDGER_PAGE_SIZE, adjust_key, ensure_account, full_ledger, get_account
 
 
 @pytest.fixture
@@ -36,6 +36,49 @@ def test_same_request_id_applies_once(store, clock, alice):
     assert adjust_balance(store, clock, alice, 700, "refund", request_id="r1")
     assert not adjust_balance(store, clock, alice, 700, "refund", request_id="r1")
     assert get_account(store, alice).value["balance"] == 700
+
+
+def test_a_request_id_is_refused_forever_however_many_entries_follow(store, clock, alice):
+    assert adjust_balance(store, clock, alice, 700, "refund", request_id="r1")
+    for i in range(LEDGER_PAGE_SIZE + 1):
+        adjust_balance(store, clock, alice, 1, "filler", request_id=f"f{i}")
+    assert all(e["ref"] != "adjust:r1" for e in get_account(store, alice).value["ledger"])
+    before = get_account(store, alice).value["balance"]
+    assert not adjust_balance(store, clock, alice, 700, "refund", request_id="r1")
+    assert get_account(store, alice).value["balance"] == before
+
+
+def test_a_request_id_used_on_one_account_is_refused_on_another(store, clock, alice):
+    ensure_account(store, clock, "bob")
+    assert adjust_balance(store, clock, alice, 700, "refund", request_id="r1")
+    assert not adjust_balance(store, clock, "bob", 700, "refund", request_id="r1")
+    assert get_account(store, "bob").value["balance"] == 0
+
+
+def test_the_request_document_says_who_did_what(store, clock, alice):
+    adjust_balance(store, clock, alice, 900, "goodwill", request_id="r9", staff="carol")
+    doc = store.get(adjust_key("r9")).value
+    assert (doc["username"], doc["delta"], doc["reason"], doc["staff"]) == (
+        "alice",
+        900,
+        "goodwill",
+        "carol",
+    )
+    [entry] = get_account(store, alice).value["ledger"]
+    assert entry["staff"] == "carol" and entry["request"] == "r9"
+
+
+def test_a_refused_debit_leaves_its_request_id_unused(store, clock, alice):
+    with pytest.raises(AdjustError, match="below zero"):
+        adjust_balance(store, clock, alice, -5, "too much", request_id="r1")
+    assert adjust_balance(store, clock, alice, 5, "fixed", request_id="r1")
+
+
+@pytest.mark.parametrize("request_id", ["a b", "x" * 65, "::", "é"])
+def test_a_bad_request_id_is_refused(store, clock, alice, request_id):
+    with pytest.raises(AdjustError, match="request id"):
+        adjust_balance(store, clock, alice, 1, "why", request_id=request_id)
+    assert get_account(store, alice).value["ledger"] == []
 
 
 @pytest.mark.parametrize("reason", ["", "   ", "x" * 501])

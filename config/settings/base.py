@@ -6,11 +6,13 @@ from pathlib import Path
 
 import environ
 
+from config.environment import read_env_file
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 env = environ.Env()
-if (BASE_DIR / ".env").is_file():
-    environ.Env.read_env(BASE_DIR / ".env")
+# manage.py and wsgi read it already; this covers anything else that loads settings (pytest).
+read_env_file()
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -173,6 +175,9 @@ if CREDITOR_THREADS < 1:
         f"CREDITOR_THREADS must be at least 1, not {CREDITOR_THREADS}"
     )
 
+# How long an admin's adjust confirmation page may be submitted (its token is signed and dated).
+ADJUST_CONFIRM_SECONDS = env.int("ADJUST_CONFIRM_SECONDS", default=600)
+
 # Rate limits: attempts per window, per client (and per username for login).
 LOGIN_RATE_LIMIT = env.int("LOGIN_RATE_LIMIT", default=10)
 REGISTER_RATE_LIMIT = env.int("REGISTER_RATE_LIMIT", default=5)
@@ -191,6 +196,8 @@ CSRF_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Error reports and the debug page hide passwords inside URLs too (BITCOIND_URL, CACHE_URL...).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "accounts.error_reports.CredentialHidingFilter"
 
 LOGGING = {
     "version": 1,

@@ -1,12 +1,36 @@
-"""Production: every secret comes from the environment and has no default, so a missing one fails."""
+"""Production: every secret comes from the environment (or .env) and has no default, so a
+process started without one refuses to start. This is also what runs when
+DJANGO_SETTINGS_MODULE is not set anywhere (config/environment.py)."""
+
+from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
 from .base import env, env_bool
 
+MIN_SECRET_KEY_LENGTH = 50
+
+
+def required(name: str) -> str:
+    value = env.str(name, default="").strip()
+    if not value:
+        raise ImproperlyConfigured(
+            f"{name} is not set. The production settings (used when DJANGO_SETTINGS_MODULE is "
+            f"not set) have no default for it: set it in the environment or in .env (see "
+            f"README, Configuration). For a development run, set "
+            f"DJANGO_SETTINGS_MODULE=config.settings.dev."
+        )
+    return value
+
+
 DEBUG = False
-SECRET_KEY = env.str("SECRET_KEY")
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
-DATABASES = {"default": env.db("DATABASE_URL")}
+SECRET_KEY = required("SECRET_KEY")
+if len(SECRET_KEY) < MIN_SECRET_KEY_LENGTH or len(set(SECRET_KEY)) < 5:
+    raise ImproperlyConfigured(
+        f"SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} random characters, e.g. "
+        f'python -c "import secrets; print(secrets.token_urlsafe(50))"'
+    )
+ALLOWED_HOSTS = [h.strip() for h in required("ALLOWED_HOSTS").split(",") if h.strip()]
+DATABASES = {"default": env.db_url_config(required("DATABASE_URL"))}
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -1,5 +1,12 @@
 """Load a small living marketplace: sellers, campaigns of several sizes, buyers with ads, sales.
 
+Development only: the users get a published password and balances no bitcoin backs, so it refuses
+to run unless DEBUG is on and the network is not mainnet. It never touches a user it did not
+create: each demo user it creates is recorded in `demo::<username>` (with the user's id), and a
+name that exists without that record (someone registered it, in any case) is left alone, with
+everything that would involve it. A crash between creating a user and recording it leaves that
+user alone too (the safe side).
+
 Idempotent: each step checks what already exists, so running it twice changes nothing.
 """
 
@@ -7,15 +14,17 @@ from __future__ import annotations
 
 import io
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+from django.db import IntegrityError, transaction
 from PIL import Image, ImageDraw
 
 from accounts.adjust import adjust_balance
 from accounts.gateway import ensure_account
 from adspace import buy, gateway
 from adspace.images import validate_ad_image
-from docstore import FixedClock, get_clock, get_store
+from docstore import AlreadyExists, FixedClock, NotFound, Store, get_clock, get_store
 
 DEMO_PASSWORD = "demo-password-2024"  # noqa: S105 - public demo logins for a local site
 HOUR = 3600
@@ -48,22 +57,32 @@ def demo_png(width: int, height: int, colour: tuple[int, int, int], label: str) 
     return out.getvalue()
 
 
+def demo_key(username: str) -> str:
+    return f"demo::{username}"
+
+
 class Command(BaseCommand):
-    help = "Load demo sellers, campaigns, buyers, ads and sales (idempotent)."
+    help = "Development only: load demo sellers, campaigns, buyers, ads and sales (idempotent)."
 
     def handle(self, *args, **options):
+        if not settings.DEBUG or settings.BITCOIN_NETWORK == "mainnet":
+            raise CommandError(
+                "seed_demo only runs in a development run (DEBUG on, BITCOIN_NETWORK not "
+                "mainnet): it makes users with a published password and balances no bitcoin backs."
+            )
         store, clock = get_store(), get_clock()
         now = clock.now()
-        for name in [*SELLERS, *BUYERS]:
-            self._user(store, clock, name)
+        ours = {name for name in [*SELLERS, *BUYERS] if self._demo_user(store, clock, name)}
         for seller, campaigns in SELLERS.items():
-            if gateway.campaign_count(store, seller) == 0:
+            if seller in ours and gateway.campaign_count(store, seller) == 0:
                 for min_price, hours, w, h, disallowed in campaigns:
                     gateway.create_campaign(
                         store, clock, seller, min_price, hours, w, h, disallowed
                     )
                 self.stdout.write(f"campaigns for {seller}: {len(campaigns)}")
         for buyer, colour in BUYERS.items():
+            if buyer not in ours:
+                continue
             adjust_balance(store, clock, buyer, 2_000_000_000, "demo funds", f"demo-{buyer}")
             if gateway.filler_count(store, buyer) == 0:
                 for w, h in SIZES:
@@ -77,6 +96,8 @@ class Command(BaseCommand):
                     )  # fmt: skip
                 self.stdout.write(f"ads for {buyer}: {len(SIZES)}")
         for seller, n, buyer, hours_ago in SALES:
+            if seller not in ours or buyer not in ours:
+                continue
             campaign = gateway.get_campaign(store, seller, n).value
             if campaign.get("last"):
                 continue
@@ -92,9 +113,32 @@ class Command(BaseCommand):
             )
         )
 
-    def _user(self, store, clock, name: str) -> None:
+    def _demo_user(self, store: Store, clock, name: str) -> bool:
+        """Create the demo user `name` unless the name is taken; True if it is ours."""
         user_model = get_user_model()
-        if not user_model.objects.filter(username=name).exists():
-            user_model.objects.create_user(username=name, password=DEMO_PASSWORD)
-            self.stdout.write(f"user {name}")
+        user = user_model.objects.filter(username__iexact=name).first()
+        if user is None:
+            try:
+                with transaction.atomic():
+                    user = user_model.objects.create_user(username=name, password=DEMO_PASSWORD)
+            except IntegrityError:
+                user = None  # registered by someone else a moment ago
+            if user is not None:
+                try:
+                    store.insert(demo_key(name), {"userId": user.pk})
+                except AlreadyExists:
+                    pass
+                self.stdout.write(f"user {name}")
+        try:
+            ours = user is not None and store.get(demo_key(name)).value["userId"] == user.pk
+        except NotFound:
+            ours = False
+        if not ours:
+            self.stdout.write(
+                self.style.WARNING(
+                    f"{name} exists and is not a demo user: left alone, with every demo step involving it"
+                )
+            )
+            return False
         ensure_account(store, clock, name)
+        return True

@@ -1,0 +1,61 @@
+"""The admin's login goes through the same throttle as the site's: staff passwords guard money."""
+
+from __future__ import annotations
+
+import pytest
+
+from accounts.models import User
+from tests.conftest import PASSWORD
+
+pytestmark = pytest.mark.django_db
+
+ADMIN_LOGIN = "/admin/login/"
+SITE_LOGIN = "/accounts/login/"
+TOO_MANY = "Too many attempts; try again in a few minutes."
+
+
+def admin_log_in(client, username, password=PASSWORD, **extra):
+    data = {"username": username, "password": password, "next": "/admin/"}
+    return client.post(ADMIN_LOGIN, data, **extra)
+
+
+def logged_in_as(client) -> str | None:
+    user_id = client.session.get("_auth_user_id")
+    return User.objects.get(pk=user_id).username if user_id else None
+
+
+def test_the_right_password_still_logs_staff_in(client, staff):
+    response = admin_log_in(client, "staffer")
+    assert response.status_code == 302 and response.url == "/admin/"
+    assert logged_in_as(client) == "staffer"
+
+
+def test_guessing_a_staff_password_is_cut_off_with_429(client, staff, settings):
+    settings.LOGIN_RATE_LIMIT = 3
+    for i in range(3):
+        assert admin_log_in(client, "staffer", f"guess{i}").status_code == 200
+    response = admin_log_in(client, "staffer")  # even the right password, once over the limit
+    assert response.status_code == 429
+    assert TOO_MANY in response.content.decode()
+    assert 'name="password"' in response.content.decode()  # the form again, not an error page
+    assert "no-cache" in response["Cache-Control"]
+    assert logged_in_as(client) is None
+
+
+def test_site_and_admin_logins_share_one_budget(client, staff, settings):
+    settings.LOGIN_RATE_LIMIT = 3
+    for i in range(2):
+        client.post(SITE_LOGIN, {"username": "staffer", "password": f"guess{i}"})
+    assert admin_log_in(client, "staffer", "guess2").status_code == 200
+    assert admin_log_in(client, "staffer").status_code == 429
+    response = client.post(SITE_LOGIN, {"username": "staffer", "password": PASSWORD})
+    assert response.status_code == 429
+    assert logged_in_as(client) is None
+
+
+def test_the_admin_limit_resets_with_the_next_window(client, clock, staff, settings):
+    settings.LOGIN_RATE_LIMIT = 1
+    admin_log_in(client, "staffer", "nope")
+    assert admin_log_in(client, "staffer").status_code == 429
+    clock.advance(settings.RATE_LIMIT_WINDOW_SECONDS)
+    assert admin_log_in(client, "staffer").status_code == 302
