@@ -152,6 +152,8 @@ def main() -> None:
         "DJANGO_SETTINGS_MODULE": "config.settings.dev",
         "DEBUG": "false",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        # Measure the site alone: no local regtest node (bin/serve, config/environment.py).
+        "LOCAL_CHAIN": "off",
         "DOCSTORE_PATH": str(work / "docstore.sqlite3"),
         "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
         "CACHE_URL": f"filecache://{work / 'cache'}",

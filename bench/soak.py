@@ -1299,6 +1299,8 @@ def make_env(work: Path, port: int, rpc_url: str) -> tuple[dict, str]:
         {
             "DJANGO_SETTINGS_MODULE": "config.settings.dev",
             "DEBUG": "false",
+            # Measure the site alone: no local regtest node (bin/serve, config/environment.py).
+            "LOCAL_CHAIN": "off",
             "ALLOWED_HOSTS": "127.0.0.1",
             "DOCSTORE_PATH": str(work / "docstore.sqlite3"),
             "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",

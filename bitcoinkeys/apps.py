@@ -8,7 +8,10 @@ class BitcoinkeysConfig(AppConfig):
         from accounts import audit, recovery, workers
 
         from . import audit as keys_audit
-        from . import pool
+        from . import (
+            faucet,  # noqa: F401 - registers its system check
+            pool,
+        )
 
         # Sets and the huge-list pointer must exist; key pages come from import_keys.
         workers.register_init(pool.init_key_sets)

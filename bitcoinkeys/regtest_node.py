@@ -2,7 +2,9 @@
 
 `RegtestNode` starts `bitcoind -regtest` with its own datadir (a fresh temporary folder unless
 one is given), P2P off (`listen=0`, no seeds), RPC bound to 127.0.0.1 on a free port with a
-random password, and deletes everything it created when stopped. Nothing here is used by the
+random password, and deletes everything it created when stopped. A datadir that is given is
+kept (`make run`'s node under var/, see bitcoinkeys.local_chain): its bitcoin.conf (mode 0600)
+keeps the generated password, so a restart reuses it with the wallets. Nothing here is used by the
 site itself: it only talks to the node the way an operator would (`bitcoin-cli`'s RPCs).
 
     node = RegtestNode(find_binary("bitcoind")).start()
@@ -27,6 +29,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -71,9 +74,23 @@ class RegtestNode:
         self._own_datadir = datadir is None
         self.datadir = Path(datadir) if datadir else Path(tempfile.mkdtemp(prefix="regtest-"))
         self.extra = tuple(extra)
-        self.password = secrets.token_hex(16)
+        self.password = self._kept_password() or secrets.token_hex(16)
         self.port = 0
         self.process: subprocess.Popen | None = None
+
+    @property
+    def conf_path(self) -> Path:
+        return self.datadir / "bitcoin.conf"
+
+    def _kept_password(self) -> str | None:
+        """The password of a kept datadir's bitcoin.conf (None for a new one)."""
+        if self._own_datadir or not self.conf_path.is_file():
+            return None
+        for line in self.conf_path.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "rpcpassword" and value.strip():
+                return value.strip()
+        return None
 
     # -- lifecycle --
 
@@ -107,21 +124,37 @@ class RegtestNode:
             "rpcthreads=8",
             *self.extra,
         ]
-        (self.datadir / "bitcoin.conf").write_text("\n".join(lines) + "\n")
+        # 0600 from the first byte: the file holds the RPC password.
+        fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.chmod(self.conf_path, 0o600)
 
-    def start(self, timeout: float = 60) -> RegtestNode:
-        """Start bitcoind and wait until its RPC answers (warm-up included)."""
+    def start(self, timeout: float = 60, detach: bool = False) -> RegtestNode:
+        """Start bitcoind and wait until its RPC answers (warm-up included).
+
+        `detach`: the node outlives this Python process (its own session, stderr to
+        `<datadir>/bitcoind.stderr`); whoever started it stops it (local_chain.stop_node)."""
         self.datadir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.datadir, 0o700)
         last = ""
         for _ in range(3):  # the free port may be taken between our probe and bitcoind's bind
             self.port = free_port()
             self._write_conf()
+            stderr = (
+                open(self.datadir / "bitcoind.stderr", "w+b")  # noqa: SIM115 - closed by _terminate
+                if detach
+                else subprocess.PIPE
+            )
             self.process = subprocess.Popen(
                 [self.bitcoind, f"-datadir={self.datadir}"],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
+                stderr=stderr,
+                start_new_session=detach,
             )
+            if detach:
+                self.process.stderr = stderr
             try:
                 self._wait_ready(timeout)
                 return self
@@ -135,6 +168,8 @@ class RegtestNode:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if self.process.stderr.seekable():  # detached: the log file
+                    self.process.stderr.seek(0)
                 err = self.process.stderr.read().decode(errors="replace").strip()
                 raise NodeError(f"exited with {self.process.returncode}: {err[-500:]}")
             try:
@@ -187,34 +222,13 @@ class RegtestNode:
 
     def rpc(self, method: str, *params: Any, wallet: str | None = None, timeout: float = 60) -> Any:
         """One JSON-RPC call; amounts come back as Decimal. Raises NodeError with Core's code."""
-        path = "/" if wallet is None else f"/wallet/{wallet}"
-        body = json.dumps(
-            {"jsonrpc": "1.0", "id": 1, "method": method, "params": list(params)},
-            default=_json_default,
-        )
-        auth = base64.b64encode(f"{RPC_USER}:{self.password}".encode()).decode()
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(
-                "POST",
-                path,
-                body,
-                {"Authorization": f"Basic {auth}", "Content-Type": "application/json"},
-            )
-            response = conn.getresponse()
-            data = response.read()
-        finally:
-            conn.close()
-        if response.status == 401:
-            raise NodeError("HTTP 401: bad RPC credentials")
-        try:
-            answer = json.loads(data, parse_float=Decimal)
-        except ValueError:
-            raise NodeError(f"HTTP {response.status}: {data[:200]!r}") from None
-        error = answer.get("error")
-        if error:
-            raise NodeError(f"{method}: {error.get('message')}", error.get("code"))
-        return answer["result"]
+        return rpc_call(self.url, method, *params, wallet=wallet, timeout=timeout)
+
+    def detach(self) -> None:
+        """Forget the process without stopping it (it was started with detach=True)."""
+        if self.process is not None and self.process.stderr:
+            self.process.stderr.close()
+        self.process = None
 
     # -- conveniences for tests and a developer faucet --
 
@@ -253,6 +267,46 @@ class RegtestNode:
         )
         self.sync()
         return txid
+
+
+def rpc_call(
+    url: str, method: str, *params: Any, wallet: str | None = None, timeout: float = 60
+) -> Any:
+    """One JSON-RPC call to the node at `url` (http://user:password@127.0.0.1:port); amounts
+    come back as Decimal. Raises NodeError with Core's code, OSError when nothing answers."""
+    parts = urllib.parse.urlparse(url)
+    if parts.scheme != "http" or not parts.hostname or not parts.port:
+        raise NodeError("the node URL must look like http://user:password@host:port")
+    user = urllib.parse.unquote(parts.username or "")
+    password = urllib.parse.unquote(parts.password or "")
+    path = "/" if wallet is None else f"/wallet/{urllib.parse.quote(wallet, safe='')}"
+    body = json.dumps(
+        {"jsonrpc": "1.0", "id": 1, "method": method, "params": list(params)},
+        default=_json_default,
+    )
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request(
+            "POST",
+            path,
+            body,
+            {"Authorization": f"Basic {auth}", "Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        data = response.read()
+    finally:
+        conn.close()
+    if response.status == 401:
+        raise NodeError("HTTP 401: bad RPC credentials")
+    try:
+        answer = json.loads(data, parse_float=Decimal)
+    except ValueError:
+        raise NodeError(f"HTTP {response.status}: {data[:200]!r}") from None
+    error = answer.get("error")
+    if error:
+        raise NodeError(f"{method}: {error.get('message')}", error.get("code"))
+    return answer["result"]
 
 
 def _json_default(value: Any) -> Any:

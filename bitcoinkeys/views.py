@@ -16,7 +16,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.safestring import mark_safe
 from django.views.decorators.cache import never_cache
@@ -24,10 +24,10 @@ from django.views.decorators.http import require_POST
 
 from accounts import locks, ratelimit
 from accounts.gateway import ensure_account
-from accounts.money import format_btc
+from accounts.money import MoneyError, format_btc, parse_btc
 from docstore import get_clock, get_store
 
-from . import deposits
+from . import deposits, faucet
 from .chain import ChainError, get_chain
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,12 @@ MAX_ADDRESS_LENGTH = 100
 BUSY = "Your account is busy with another operation; try again in a moment."
 NO_CHAIN = (
     "Deposits cannot be detected on this installation; staff can credit your balance by hand."
+)
+# A development run without a chain says how to get one (production keeps the sentence above).
+LOCAL_CHAIN_HINT = (
+    "To see deposits on this machine, make bitcoind available (BITCOIND=/path/to/bitcoind, "
+    "../shared/tools/bitcoind or on PATH) and restart `make run`: it starts a local regtest "
+    "node with a developer faucet (see README, Quick tour)."
 )
 TOO_SOON = f"You can check at most once every {CHECK_INTERVAL_SECONDS} seconds; try again shortly."
 
@@ -90,6 +96,9 @@ def _page(request: HttpRequest, status: int = 200) -> HttpResponse:
         "qr": qr_svg(current.address) if current else None,
         "uri": f"bitcoin:{current.address}" if current else None,
         "no_chain": NO_CHAIN,
+        "local_chain_hint": LOCAL_CHAIN_HINT if settings.DEBUG else None,
+        "faucet": faucet.enabled(),
+        "faucet_max": faucet.MAX_SATS,
         "check_interval": CHECK_INTERVAL_SECONDS,
     }
     return render(request, "bitcoinkeys/add_funds.html", context, status=status)
@@ -182,4 +191,57 @@ def check_now(request: HttpRequest) -> HttpResponse:
             messages.info(request, "Confirmed, but below the minimum deposit: send a little more.")
         else:
             messages.info(request, "Nothing new yet.")
+    return redirect("add_funds")
+
+
+# --- the developer faucet (bitcoinkeys.faucet): development runs on the local chain only ---
+
+
+def _faucet_or_404() -> None:
+    if not faucet.enabled():
+        raise Http404("no faucet here")
+
+
+@login_required
+@require_POST
+def faucet_coins(request: HttpRequest) -> HttpResponse:
+    _faucet_or_404()
+    address = request.POST.get("address", "")[:MAX_ADDRESS_LENGTH]
+    try:
+        sats = parse_btc(request.POST.get("amount", ""))
+        txid = faucet.send_test_coins(
+            get_store(),
+            request.user.username,
+            address,
+            sats,
+            replaceable=request.POST.get("replaceable") == "on",
+        )
+    except MoneyError as exc:
+        messages.error(request, f"Amount: {exc}")
+        return _page(request, status=400)
+    except faucet.FaucetError as exc:
+        messages.error(request, str(exc))
+        return _page(request, status=exc.status)
+    messages.success(
+        request,
+        f"Sent {format_btc(sats)} test BTC to {address} (transaction {txid}). It shows as "
+        "pending below; mine a block to confirm it.",
+    )
+    return redirect("add_funds")
+
+
+@login_required
+@require_POST
+def faucet_block(request: HttpRequest) -> HttpResponse:
+    _faucet_or_404()
+    try:
+        height = faucet.mine_blocks(1)
+    except faucet.FaucetError as exc:
+        messages.error(request, str(exc))
+        return _page(request, status=exc.status)
+    messages.success(
+        request,
+        f"Mined block {height}. Confirmed payments are credited by the worker within seconds, "
+        'or at once with "Check now".',
+    )
     return redirect("add_funds")

@@ -168,8 +168,21 @@ def _page(request: HttpRequest, form: WithdrawForm, balance: int, status: int = 
             _request_row(r) for r in w.user_withdrawals(get_store(), request.user.username)
         ],
         "active_tab": "withdraw",
+        "faucet_address": _faucet_address(),
     }
     return render(request, "bitcoinkeys/withdraw.html", context, status=status)
+
+
+def _faucet_address() -> str | None:
+    """Development runs on the local chain: an address of the node's own wallet to withdraw to."""
+    from . import faucet
+
+    if not faucet.enabled():
+        return None
+    try:
+        return faucet.withdrawal_test_address()
+    except faucet.FaucetError:
+        return None
 
 
 def _unknown_outcome(request: HttpRequest, what: str) -> HttpResponse:

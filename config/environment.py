@@ -17,6 +17,10 @@ import environ
 BASE_DIR = Path(__file__).resolve().parent.parent
 ENV_FILE = BASE_DIR / ".env"
 DEFAULT_SETTINGS = "config.settings.production"
+# Written by bin/serve while `make run`'s local regtest node runs (bitcoinkeys.local_chain), so
+# development commands in another terminal (seed_demo, process_withdrawals, audit) use that node.
+LOCAL_CHAIN_ENV_FILE = BASE_DIR / "var" / "local-chain.env"
+DEV_SETTINGS = "config.settings.dev"
 
 
 def read_env_file() -> None:
@@ -27,4 +31,8 @@ def read_env_file() -> None:
 
 def choose_settings() -> str:
     read_env_file()
-    return os.environ.setdefault("DJANGO_SETTINGS_MODULE", DEFAULT_SETTINGS)
+    module = os.environ.setdefault("DJANGO_SETTINGS_MODULE", DEFAULT_SETTINGS)
+    local_chain = os.environ.get("LOCAL_CHAIN", "").lower() not in ("off", "0", "false")
+    if module == DEV_SETTINGS and local_chain and LOCAL_CHAIN_ENV_FILE.is_file():
+        environ.Env.read_env(LOCAL_CHAIN_ENV_FILE, overwrite=False)
+    return module

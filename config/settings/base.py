@@ -215,6 +215,11 @@ BITCOIND_URL = env.str("BITCOIND_URL", default="")
 BITCOIND_WALLET = env.str("BITCOIND_WALLET", default="adspace-deposits")
 BITCOIND_PAYOUT_WALLET = env.str("BITCOIND_PAYOUT_WALLET", default="adspace-payouts")
 BITCOIND_TIMEOUT = env.int("BITCOIND_TIMEOUT", default=30)
+# `make run`'s local regtest node (bitcoinkeys.local_chain): the developer faucet (only with DEBUG
+# on a regtest bitcoind; production refuses to start with it) and the tpub deposit addresses are
+# derived from.
+DEV_FAUCET = env_bool("DEV_FAUCET", False)
+LOCAL_CHAIN_XPUB = env.str("LOCAL_CHAIN_XPUB", default="")
 DEPOSIT_CONFIRMATIONS = env.int("DEPOSIT_CONFIRMATIONS", default=1)
 # The withdrawal processor's lease, renewed before each send: keep it well above BITCOIND_TIMEOUT.
 WITHDRAW_PROCESSOR_LEASE_SECONDS = env.int("WITHDRAW_PROCESSOR_LEASE_SECONDS", default=120)

@@ -23,6 +23,12 @@ def required(name: str) -> str:
 
 
 DEBUG = False
+if env_bool("DEV_FAUCET", False):
+    raise ImproperlyConfigured(
+        "DEV_FAUCET is on: the developer faucet (test coins from a local regtest node) exists only "
+        "in development runs. Unset DEV_FAUCET for production."
+    )
+DEV_FAUCET = False
 SECRET_KEY = required("SECRET_KEY")
 if len(SECRET_KEY) < MIN_SECRET_KEY_LENGTH or len(set(SECRET_KEY)) < 5:
     raise ImproperlyConfigured(

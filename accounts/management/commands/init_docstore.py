@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.workers import InitError, check_reachable, init_documents
@@ -30,3 +31,17 @@ class Command(BaseCommand):
                 self.stdout.write(f"created {key}")
             summary = f"{len(created)} created" if created else "nothing to create"
             self.stdout.write(self.style.SUCCESS(f"Docstore ready: {summary}."))
+        if settings.LOCAL_CHAIN_XPUB and settings.CHAIN_BACKEND == "bitcoind":
+            self._local_chain_keys(store, verbosity)
+
+    def _local_chain_keys(self, store, verbosity: int) -> None:
+        """`make run`'s local regtest node: keep deposit addresses from its keys wallet in the
+        pool, so "Get a deposit address" works on a fresh machine."""
+        from bitcoinkeys.importer import KeyImportError
+        from bitcoinkeys.local_chain import ensure_deposit_keys
+
+        say = self.stdout.write if verbosity >= 1 else (lambda message: None)
+        try:
+            ensure_deposit_keys(store, get_clock(), settings.LOCAL_CHAIN_XPUB, say)
+        except KeyImportError as exc:
+            raise CommandError(f"local chain deposit addresses: {exc}") from exc

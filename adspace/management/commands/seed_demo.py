@@ -7,6 +7,10 @@ name that exists without that record (someone registered it, in any case) is lef
 everything that would involve it. A crash between creating a user and recording it leaves that
 user alone too (the safe side).
 
+On `make run`'s local regtest node (the developer faucet is on) the buyers are paid through real
+regtest transactions to their deposit addresses, confirmed and credited as any deposit is, so the
+audit's "came in" is real deposits; elsewhere staff adjustments stand in for them.
+
 Idempotent: each step checks what already exists, so running it twice changes nothing.
 """
 
@@ -21,13 +25,18 @@ from django.db import IntegrityError, transaction
 from PIL import Image, ImageDraw
 
 from accounts.adjust import adjust_balance
-from accounts.gateway import ensure_account
+from accounts.gateway import ensure_account, get_account
+from accounts.money import format_btc
 from adspace import buy, gateway
 from adspace.images import validate_ad_image
+from bitcoinkeys import faucet, pool
+from bitcoinkeys.chain import get_chain
+from bitcoinkeys.deposits import check_deposits, user_addresses
 from docstore import AlreadyExists, FixedClock, NotFound, Store, get_clock, get_store
 
 DEMO_PASSWORD = "demo-password-2024"  # noqa: S105 - public demo logins for a local site
 HOUR = 3600
+DEMO_FUNDS = 2_000_000_000  # each buyer's 20 BTC
 SELLERS = {
     # seller: [(min price sats, slot hours, width, height, disallowed)]
     "alice": [(300_000, 24, 728, 90, ["Gambling"]), (500_000, 6, 300, 250, [])],
@@ -80,10 +89,13 @@ class Command(BaseCommand):
                         store, clock, seller, min_price, hours, w, h, disallowed
                     )
                 self.stdout.write(f"campaigns for {seller}: {len(campaigns)}")
+        if faucet.enabled():
+            self._pay_buyers_on_chain(store, clock, [b for b in BUYERS if b in ours])
         for buyer, colour in BUYERS.items():
             if buyer not in ours:
                 continue
-            adjust_balance(store, clock, buyer, 2_000_000_000, "demo funds", f"demo-{buyer}")
+            if not faucet.enabled():
+                adjust_balance(store, clock, buyer, DEMO_FUNDS, "demo funds", f"demo-{buyer}")
             if gateway.filler_count(store, buyer) == 0:
                 for w, h in SIZES:
                     image = validate_ad_image(demo_png(w, h, colour, f"{buyer} {w}x{h}"), w, h)
@@ -112,6 +124,21 @@ class Command(BaseCommand):
                 f"demo marketplace ready; every demo user's password: {DEMO_PASSWORD}"
             )
         )
+
+    def _pay_buyers_on_chain(self, store: Store, clock, buyers: list[str]) -> None:
+        """Each buyer gets DEMO_FUNDS at their deposit address once (an address that already
+        received a payment is not paid again), then one block confirms and credits them."""
+        chain = get_chain()
+        for buyer in buyers:
+            address = pool.get_deposit_address(store, clock, buyer)
+            addresses = user_addresses(get_account(store, buyer).value)
+            if any(chain.payments_for(a) for a in addresses):
+                continue
+            txid = faucet.pay_to(address, DEMO_FUNDS)
+            self.stdout.write(f"paid {buyer} {format_btc(DEMO_FUNDS)} BTC on regtest: {txid}")
+        faucet.mine_blocks(1)
+        for buyer in buyers:
+            check_deposits(store, clock, chain, buyer)
 
     def _demo_user(self, store: Store, clock, name: str) -> bool:
         """Create the demo user `name` unless the name is taken; True if it is ours."""
