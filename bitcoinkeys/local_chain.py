@@ -69,13 +69,13 @@ def _wallet(node: RegtestNode, name: str, watch_only: bool = False) -> None:
         node.rpc("createwallet", name, watch_only, watch_only, "", False, True, True)
 
 
-def keys_xpub(node: RegtestNode) -> str:
+def keys_xpub(node: RegtestNode, wallet: str = KEYS_WALLET) -> str:
     """The account tpub of the keys wallet's receive descriptor: wpkh([fp/84h/1h/0h]tpub/0/*)."""
-    for entry in node.rpc("listdescriptors", wallet=KEYS_WALLET)["descriptors"]:
+    for entry in node.rpc("listdescriptors", wallet=wallet)["descriptors"]:
         desc = entry["desc"]
         if desc.startswith("wpkh(") and not entry.get("internal") and "/0/*" in desc:
             return desc.split("]", 1)[1].split("/0/*", 1)[0]
-    raise NodeError(f"wallet {KEYS_WALLET} has no wpkh receive descriptor")
+    raise NodeError(f"wallet {wallet} has no wpkh receive descriptor")
 
 
 def stop_leftover(datadir: Path) -> None:
@@ -219,9 +219,13 @@ def ensure_deposit_keys(store, clock, xpub: str, say: Callable[[str], None] = pr
 
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else ""
+    # LOCAL_CHAIN_DATADIR: another datadir (tests); its settings go to local-chain.env beside it,
+    # which development runs read only for the default one (config/environment.py).
+    datadir = Path(os.environ.get("LOCAL_CHAIN_DATADIR") or DATADIR).resolve()
+    env_file = datadir.parent / ENV_FILE.name
     if command == "start":
         try:
-            node, env = start()
+            node, env = start(datadir, env_file)
         except LocalChainOff as exc:
             print(f"local chain off: {exc}; deposits cannot be detected.", file=sys.stderr)
             return OFF
@@ -237,7 +241,7 @@ def main(argv: list[str]) -> int:
             print(f"export {key}={shlex.quote(value)}")
         return 0
     if command == "stop":
-        stop()
+        stop(datadir, env_file)
         return 0
     print("usage: python -m bitcoinkeys.local_chain start|stop", file=sys.stderr)
     return 2
