@@ -16,6 +16,7 @@ from decimal import Decimal
 
 import pytest
 
+from bitcoinkeys import deposits, local_chain, pool
 from bitcoinkeys.chain import BitcoindChain, build_chain, set_chain
 from bitcoinkeys.regtest_node import MINER, NodeError, RegtestNode, find_binary
 
@@ -143,3 +144,23 @@ def regtest(regtest_node, settings):
                 regtest_node.rpc("unloadwallet", wallet)
             except NodeError:
                 pass
+
+
+@pytest.fixture
+def dev_chain(regtest, settings, store, clock):
+    """The site as `make run` sets it up on its local node: DEBUG and the developer faucet on,
+    deposit addresses imported from a keys wallet's tpub (local_chain.ensure_deposit_keys), a
+    small pool (pages of 5)."""
+    settings.DEBUG = True
+    settings.DEV_FAUCET = True
+    settings.KEYPOOL_SETS = 2
+    settings.KEYPOOL_PAGE_SIZE = 5
+    settings.KEYPOOL_RANGES_PER_LIST_PAGE = 4
+    settings.DEPOSIT_CONFIRMATIONS = 1
+    deposits.ready_deposits()
+    pool.init_key_sets(store, clock)
+    keys = regtest.new_wallet("keys")
+    xpub = local_chain.keys_xpub(regtest.node, keys)
+    imported = local_chain.ensure_deposit_keys(store, clock, xpub, say=lambda message: None)
+    assert imported == local_chain.READY_RANGES * 5
+    return regtest

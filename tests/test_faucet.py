@@ -18,30 +18,11 @@ from django.core import checks
 from django.urls import reverse
 
 from accounts.gateway import full_ledger, get_account
-from bitcoinkeys import deposits, faucet, local_chain, pool
+from bitcoinkeys import deposits, faucet, pool
 from tests.conftest import PASSWORD
 from tests.invariants import assert_audit_clean
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE, RANGES = 5, 4
-
-
-@pytest.fixture
-def dev_chain(regtest, settings, store, clock):
-    """The site as `make run` sets it up on its local node: DEBUG, DEV_FAUCET, imported keys."""
-    settings.DEBUG = True
-    settings.DEV_FAUCET = True
-    settings.KEYPOOL_SETS = 2
-    settings.KEYPOOL_PAGE_SIZE = PAGE
-    settings.KEYPOOL_RANGES_PER_LIST_PAGE = RANGES
-    settings.DEPOSIT_CONFIRMATIONS = 1
-    deposits.ready_deposits()
-    pool.init_key_sets(store, clock)
-    keys = regtest.new_wallet("keys")
-    xpub = local_chain.keys_xpub(regtest.node, keys)
-    imported = local_chain.ensure_deposit_keys(store, clock, xpub, say=lambda message: None)
-    assert imported == local_chain.READY_RANGES * PAGE
-    return regtest
 
 
 @pytest.fixture

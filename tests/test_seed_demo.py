@@ -6,6 +6,7 @@ from django.core.management import CommandError, call_command
 from accounts.gateway import full_ledger, get_account
 from accounts.models import User
 from adspace import gateway
+from bitcoinkeys import deposits
 from tests.conftest import PASSWORD
 from tests.invariants import assert_audit_clean, assert_each_sale_charged_once
 
@@ -60,3 +61,18 @@ def test_seed_demo_never_touches_an_existing_user(db, store, make_user, dev_run,
     assert_each_sale_charged_once(store)
     call_command("seed_demo", verbosity=0)
     assert get_account(store, name).value["balance"] == 0
+
+
+def test_on_the_local_chain_the_demo_buyers_are_paid_by_real_regtest_deposits(db, store, dev_chain):
+    call_command("seed_demo", verbosity=0)
+    for buyer in ("erin", "frank", "grace"):
+        kinds = [e["kind"] for e in full_ledger(store, buyer)]
+        assert "deposit" in kinds and "adjust" not in kinds, kinds
+        (address,) = deposits.user_addresses(get_account(store, buyer).value)
+        assert dev_chain.received(dev_chain.deposit_wallet, address) == 2_000_000_000
+    assert gateway.get_campaign(store, "alice", 1).value["last"]["slot"] == 2
+    assert_audit_clean(store)
+    assert_each_sale_charged_once(store)
+    # Idempotent: no second payment, no second credit.
+    call_command("seed_demo", verbosity=0)
+    assert [e["kind"] for e in full_ledger(store, "erin")].count("deposit") == 1
