@@ -33,6 +33,22 @@ def choose_settings() -> str:
     read_env_file()
     module = os.environ.setdefault("DJANGO_SETTINGS_MODULE", DEFAULT_SETTINGS)
     local_chain = os.environ.get("LOCAL_CHAIN", "").lower() not in ("off", "0", "false")
-    if module == DEV_SETTINGS and local_chain and LOCAL_CHAIN_ENV_FILE.is_file():
+    if module == DEV_SETTINGS and local_chain and _local_chain_running():
         environ.Env.read_env(LOCAL_CHAIN_ENV_FILE, overwrite=False)
     return module
+
+
+def _local_chain_running() -> bool:
+    """The file exists and its node is alive (a killed run can leave the file behind)."""
+    try:
+        text = LOCAL_CHAIN_ENV_FILE.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("LOCAL_CHAIN_PID="):
+            try:
+                os.kill(int(line.partition("=")[2]), 0)
+            except (ValueError, OSError):
+                return False
+            return True
+    return False

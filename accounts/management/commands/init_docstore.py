@@ -37,11 +37,12 @@ class Command(BaseCommand):
     def _local_chain_keys(self, store, verbosity: int) -> None:
         """`make run`'s local regtest node: keep deposit addresses from its keys wallet in the
         pool, so "Get a deposit address" works on a fresh machine."""
+        from bitcoinkeys.chain import ChainError
         from bitcoinkeys.importer import KeyImportError
         from bitcoinkeys.local_chain import ensure_deposit_keys
 
         say = self.stdout.write if verbosity >= 1 else (lambda message: None)
         try:
             ensure_deposit_keys(store, get_clock(), settings.LOCAL_CHAIN_XPUB, say)
-        except KeyImportError as exc:
+        except (KeyImportError, ChainError) as exc:
             raise CommandError(f"local chain deposit addresses: {exc}") from exc
