@@ -161,3 +161,23 @@ def test_serve_with_bitcoind_starts_the_node_and_stops_it_with_the_site(tmp_path
     with pytest.raises(OSError):
         os.kill(pid, 0)  # stopped together with gunicorn and the worker
     assert not (tmp_path / "local-chain.env").exists()
+
+
+def test_dev_commands_read_the_local_chain_settings_only_while_its_node_runs(tmp_path, monkeypatch):
+    from config import environment
+
+    env_file = tmp_path / "local-chain.env"
+    monkeypatch.setattr(environment, "LOCAL_CHAIN_ENV_FILE", env_file)
+    monkeypatch.setattr(environment, "read_env_file", lambda: None)
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+    monkeypatch.delenv("BITCOIND_URL", raising=False)
+    monkeypatch.delenv("LOCAL_CHAIN", raising=False)
+    monkeypatch.delenv("LOCAL_CHAIN_PID", raising=False)  # monkeypatch restores both at the end
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    env_file.write_text(f"BITCOIND_URL=http://a:b@127.0.0.1:1\nLOCAL_CHAIN_PID={dead.pid}\n")
+    environment.choose_settings()
+    assert "BITCOIND_URL" not in os.environ  # a killed run's leftover file is ignored
+    env_file.write_text(f"BITCOIND_URL=http://a:b@127.0.0.1:1\nLOCAL_CHAIN_PID={os.getpid()}\n")
+    environment.choose_settings()
+    assert os.environ["BITCOIND_URL"] == "http://a:b@127.0.0.1:1"
