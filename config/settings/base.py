@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import environ
@@ -175,6 +176,18 @@ if CREDITOR_THREADS < 1:
 LOGIN_RATE_LIMIT = env.int("LOGIN_RATE_LIMIT", default=10)
 REGISTER_RATE_LIMIT = env.int("REGISTER_RATE_LIMIT", default=5)
 RATE_LIMIT_WINDOW_SECONDS = env.int("RATE_LIMIT_WINDOW_SECONDS", default=300)
+# Reverse proxies (addresses or networks) whose X-Forwarded-For names the client; the rate limits
+# count that client instead of the proxy. Empty: the connection's address is the client.
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        raise environ.ImproperlyConfigured(
+            f"TRUSTED_PROXIES: {_proxy!r} is not an IP address or network"
+        ) from None
+# A wrong password for a username past its failures is answered after this pause (never refused).
+LOGIN_FAILURE_DELAY_SECONDS = env.float("LOGIN_FAILURE_DELAY_SECONDS", default=1.0)
 # Per user and hour: deposit addresses dealt (each burns a key) and withdrawal requests.
 ADDRESS_RATE_LIMIT = env.int("ADDRESS_RATE_LIMIT", default=10)
 WITHDRAW_RATE_LIMIT = env.int("WITHDRAW_RATE_LIMIT", default=20)
