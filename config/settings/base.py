@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 
 import environ
@@ -30,6 +31,14 @@ DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
 SITE_NAME = env.str("SITE_NAME", default="Ad Space Market")
+# The site's public address ("https://ads.example.com"): absolute links given to other sites
+# (embed snippets, the embed's placeholder, the API's image and campaign links) are built from
+# it, never from the request's Host header, whose port and name a client chooses.
+SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
+if not re.fullmatch(r"https?://[^/?#\s]+", SITE_URL):
+    raise environ.ImproperlyConfigured(
+        f"SITE_URL must be an absolute http(s) address without a path, not {SITE_URL!r}"
+    )
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -191,6 +200,12 @@ LOGIN_FAILURE_DELAY_SECONDS = env.float("LOGIN_FAILURE_DELAY_SECONDS", default=1
 # Per user and hour: deposit addresses dealt (each burns a key) and withdrawal requests.
 ADDRESS_RATE_LIMIT = env.int("ADDRESS_RATE_LIMIT", default=10)
 WITHDRAW_RATE_LIMIT = env.int("WITHDRAW_RATE_LIMIT", default=20)
+# Ad uploads (valid or not) a user may send per hour: each is decoded, the costly part.
+UPLOAD_RATE_LIMIT = env.int("UPLOAD_RATE_LIMIT", default=30)
+# Per user: campaigns, ads, and the bytes of their ads' stored images.
+MAX_CAMPAIGNS_PER_USER = env.int("MAX_CAMPAIGNS_PER_USER", default=100)
+MAX_ADS_PER_USER = env.int("MAX_ADS_PER_USER", default=200)
+MAX_IMAGE_BYTES_PER_USER = env.int("MAX_IMAGE_BYTES_PER_USER", default=50 * 1024 * 1024)
 # Live-ad API answers per key, campaign and slot (the original allowed 50); 0 turns it off.
 API_REQUESTS_PER_SLOT = env.int("API_REQUESTS_PER_SLOT", default=50)
 

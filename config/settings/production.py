@@ -1,5 +1,7 @@
 """Production: every secret comes from the environment and has no default, so a missing one fails."""
 
+import environ
+
 from .base import *  # noqa: F403
 from .base import env, env_bool
 
@@ -16,3 +18,8 @@ CSRF_COOKIE_SECURE = True
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
+
+# Public links handed to other sites are built from it: no default, like the secrets above.
+SITE_URL = env.str("SITE_URL").rstrip("/")
+if not SITE_URL.startswith("https://"):
+    raise environ.ImproperlyConfigured(f"SITE_URL must be an https:// address, not {SITE_URL!r}")

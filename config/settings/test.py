@@ -30,3 +30,4 @@ KEYPOOL_RANGES_PER_LIST_PAGE = 4
 
 # Slow answers to failed logins are asserted through accounts.ratelimit._pause, never waited for.
 LOGIN_FAILURE_DELAY_SECONDS = 0
+SITE_URL = "http://testserver"
