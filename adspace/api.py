@@ -200,6 +200,8 @@ def _presented_key(request: HttpRequest) -> str | None:
 
 
 _API_KEY_FIELD = ("apiKey",)
+# Compared against when the account does not exist, so that answer takes as long as a wrong key.
+_NO_SUCH_ACCOUNT_KEY = "x" * 32
 
 
 def _seller_and_campaign(store: Store, owner: str, n: int, key: str | None) -> dict:
@@ -210,10 +212,12 @@ def _seller_and_campaign(store: Store, owner: str, n: int, key: str | None) -> d
     # the key is read: the account document carries the latest ledger entries, and decoding all
     # of it was the largest single cost of this request.
     try:
-        account = store.get_fields(account_key(owner), _API_KEY_FIELD).value
+        stored = store.get_fields(account_key(owner), _API_KEY_FIELD).value.get("apiKey")
     except NotFound:
-        raise ApiError(404, NO_SUCH_CAMPAIGN) from None
-    if not apikeys.keys_match(key, account.get("apiKey")):
+        # The same answer as a wrong key, after the same comparison: whether a user exists is
+        # not for anyone without their key to learn.
+        stored = _NO_SUCH_ACCOUNT_KEY
+    if not apikeys.keys_match(key, stored) or stored is _NO_SUCH_ACCOUNT_KEY:
         raise ApiError(403, INVALID_KEY)
     try:
         return store.get(gateway.campaign_key(owner, n)).value
@@ -376,13 +380,18 @@ def current_ad(request: HttpRequest, user: str, n: str) -> HttpResponse:
 
     # A showing slot always has an end, so `until` is set; the 1 s is only a guard.
     max_age = max(1, answer.until - now) if answer.until is not None else 1
-    if not _within_slot_allowance(key or "", owner, index, answer.index, max_age + 60):
+    data, etag = found
+    # A 304 (the client already holds this answer) is free: revalidating is what a well-behaved
+    # client does, and it must not use up the allowance of the key's owner.
+    revalidation = _etag_matches(request.META.get("HTTP_IF_NONE_MATCH"), etag)
+    if not revalidation and not _within_slot_allowance(
+        key or "", owner, index, answer.index, max_age + 60
+    ):
         return _error(
             429,
             TOO_MANY.format(limit=settings.API_REQUESTS_PER_SLOT),
             {"Retry-After": str(max_age)},
         )
-    data, etag = found
     # private: the answer was given for a key; a shared cache must not hand it to anyone.
     response = _json_answer(request, data, etag, f"private, max-age={max_age}")
     response["Vary"] = "Authorization"
