@@ -26,6 +26,7 @@ from django.views.decorators.http import require_POST, require_safe
 
 from accounts import locks, ratelimit
 from accounts.money import MAX_SATS, format_btc
+from accounts.security import accepts_body_up_to
 from accounts.templatetags.cached_url import cached_reverse
 from docstore import Ambiguous, NotFound, TemporaryFailure, get_clock, get_store
 
@@ -237,6 +238,7 @@ def my_ads(request: HttpRequest) -> HttpResponse:
     return render(request, "adspace/my_ads.html", context)
 
 
+@accepts_body_up_to(UPLOAD_MAX_BODY_BYTES)
 @login_required
 @_shows_errors
 def new_ad(request: HttpRequest) -> HttpResponse:
@@ -426,6 +428,8 @@ def _buy_form_context(request: HttpRequest, doc: dict) -> dict:
     if not request.user.is_authenticated:
         return {"ads": None}
     store, username = get_store(), request.user.username
+    if buy.is_own_campaign(username, doc):
+        return {"ads": None, "own": True}
     # The newest ads only: a page view must not read thousands of documents.
     count = gateway.filler_count(store, username)
     first = max(0, count - BUY_FORM_MAX_ADS)
@@ -460,6 +464,8 @@ def buy_slot(request: HttpRequest, user: str, n: str) -> HttpResponse:
         raise PageError(404, buy.CampaignMissing.message, _back("sellers", "All sellers"))
     except buy.FillerInvalid as exc:
         raise PageError(400, str(exc), (back, "Back to the campaign"))
+    except buy.OwnCampaign:
+        messages.error(request, buy.OwnCampaign.message)
     except buy.PriceChanged as exc:
         messages.warning(
             request,

@@ -57,7 +57,9 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "accounts.security.ContentSecurityPolicyMiddleware",
     "accounts.security.AllowedMethodsMiddleware",
+    "accounts.security.RequestBodyLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "accounts.security.PrivatePagesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -137,8 +139,12 @@ STORAGES = {
     "staticfiles": {"BACKEND": "config.storage.StaticStorage"},
 }
 
+# Every request body is capped from its declared length before anything reads it
+# (accounts.security.RequestBodyLimitMiddleware); the ad upload's view allows its image (2 MB).
+MAX_REQUEST_BODY_BYTES = env.int("MAX_REQUEST_BODY_BYTES", default=64 * 1024)
+# Form fields (everything but files) are held in memory: no form here needs more.
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 # Uploads are read into memory and checked before anything is stored; keep the ceiling explicit.
-DATA_UPLOAD_MAX_MEMORY_SIZE = 3 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 3 * 1024 * 1024
 
 # --- docstore (DESIGN.md section 3) ---
