@@ -113,6 +113,12 @@ CACHES = {
     # A file cache is shared by every gunicorn worker on the machine, so rate limits hold across them.
     "default": env.cache("CACHE_URL", default=f"filecache://{BASE_DIR / 'var' / 'cache'}"),
 }
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.filebased.FileBasedCache":
+    # Culled without evicting live entries (rate-limit counters among them): see config/cache.py.
+    CACHES["default"]["BACKEND"] = "config.cache.FileCache"
+    CACHES["default"].setdefault("OPTIONS", {}).setdefault(
+        "MAX_ENTRIES", env.int("CACHE_MAX_ENTRIES", default=100_000)
+    )
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
