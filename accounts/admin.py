@@ -748,6 +748,13 @@ def _login(request: HttpRequest, extra_context: dict | None = None) -> HttpRespo
             response = TemplateResponse(request, "admin/login.html", context, status=429)
             add_never_cache_headers(response)
             return response
+        response = _site_login(request, extra_context)
+        # As on the site's login: only failures count; a right password takes its count back.
+        if request.user.is_authenticated and response.status_code == 302:
+            ratelimit.login_succeeded(request)
+        else:
+            ratelimit.login_failed(request, username)
+        return response
     return _site_login(request, extra_context)
 
 

@@ -109,7 +109,9 @@ def register(request: HttpRequest) -> HttpResponse:
 
 
 class RateLimitedLoginView(LoginView):
-    """Django's LoginView (CSRF, never-cache, sensitive POST, safe `next`) plus rate limits."""
+    """Django's LoginView (CSRF, never-cache, sensitive POST, safe `next`) plus the login
+    throttle of accounts.ratelimit: failures count, the right password is never refused for
+    its username's failures."""
 
     template_name = "accounts/login.html"
     form_class = LoginForm
@@ -128,7 +130,12 @@ class RateLimitedLoginView(LoginView):
         # Before login(): a user left without an account doc by a crash at registration gets
         # one, and a docstore failure here leaves them logged out rather than half in.
         ensure_account(get_store(), get_clock(), form.get_user().username)
+        ratelimit.login_succeeded(self.request)
         return super().form_valid(form)
+
+    def form_invalid(self, form: LoginForm) -> HttpResponse:
+        ratelimit.login_failed(self.request, self.request.POST.get("username", ""))
+        return super().form_invalid(form)
 
 
 class NewestFirstLedger:

@@ -59,3 +59,27 @@ def test_the_admin_limit_resets_with_the_next_window(client, clock, staff, setti
     assert admin_log_in(client, "staffer").status_code == 429
     clock.advance(settings.RATE_LIMIT_WINDOW_SECONDS)
     assert admin_log_in(client, "staffer").status_code == 302
+
+
+def test_staff_signing_in_rightly_never_use_up_the_budget(client, staff, settings):
+    settings.LOGIN_RATE_LIMIT = 2
+    for _ in range(5):
+        assert admin_log_in(client, "staffer").status_code == 302
+        client.post("/accounts/logout/")
+    assert admin_log_in(client, "staffer", "wrong").status_code == 200
+    assert admin_log_in(client, "staffer").status_code == 302
+
+
+def test_wrong_admin_passwords_past_the_username_limit_are_answered_slowly(
+    client, staff, settings, monkeypatch
+):
+    from accounts import ratelimit
+
+    pauses = []
+    monkeypatch.setattr(ratelimit, "_pause", pauses.append)
+    settings.LOGIN_RATE_LIMIT = 2
+    admin_log_in(client, "staffer", "wrong1", REMOTE_ADDR="10.0.0.1")
+    admin_log_in(client, "staffer", "wrong2", REMOTE_ADDR="10.0.0.2")
+    assert pauses == []
+    admin_log_in(client, "staffer", "wrong3", REMOTE_ADDR="10.0.0.3")
+    assert pauses == [settings.LOGIN_FAILURE_DELAY_SECONDS]

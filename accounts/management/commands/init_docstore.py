@@ -25,8 +25,9 @@ class Command(BaseCommand):
             created = init_documents(store, get_clock())
         except InitError as exc:
             raise CommandError(str(exc)) from exc
-        if verbosity >= 1:
+        if verbosity >= 2:  # one line a document: a fresh store has a thousand key sets
             for key in created:
                 self.stdout.write(f"created {key}")
-            summary = f"{len(created)} created" if created else "nothing to create"
+        if verbosity >= 1:
+            summary = f"{len(created)} documents created" if created else "nothing to create"
             self.stdout.write(self.style.SUCCESS(f"Docstore ready: {summary}."))
