@@ -43,6 +43,6 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
 
 # Public links handed to other sites are built from it: no default, like the secrets above.
-SITE_URL = env.str("SITE_URL").rstrip("/")
+SITE_URL = required("SITE_URL").rstrip("/")
 if not SITE_URL.startswith("https://"):
     raise environ.ImproperlyConfigured(f"SITE_URL must be an https:// address, not {SITE_URL!r}")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from accounts.commands import StoreCommand
 from accounts.workers import InitError, check_reachable, init_documents
 from docstore import get_clock, get_store
 
 
-class Command(BaseCommand):
+class Command(StoreCommand):
     help = "Check that the docstore is reachable and create the root documents that must exist."
 
     def handle(self, *args, **options) -> None:

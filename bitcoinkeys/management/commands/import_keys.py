@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from accounts.commands import StoreCommand
 from accounts.workers import StopFlag
 from bitcoinkeys import importer
 from bitcoinkeys.addresses import KINDS, AddressError, iter_derived_addresses, network_params
 from docstore import DocstoreError, get_clock, get_store
 
 
-class Command(BaseCommand):
+class Command(StoreCommand):
     help = (
         "Import deposit addresses into the key pool: FILE (one address per line; blank lines "
         "and #comments are skipped) or --xpub KEY --from I --to J (receive branch m/0/i for "
