@@ -8,23 +8,15 @@ import re
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.contrib.messages import get_messages
 
 from accounts import locks
 from accounts.gateway import get_account
 from accounts.models import User
+from tests.test_admin_accounts import balance, texts
 from tests.test_admin_pages import payouts, refund_url  # noqa: F401 - the payouts fixture
 
 ADJUST_PAGE = "/admin/accounts/adjust/alice/"
 FINISH = "/admin/accounts/inspect/alice/finish-lock/"
-
-
-def texts(response) -> list[str]:
-    return [str(m) for m in get_messages(response.wsgi_request)]
-
-
-def balance(store, username: str) -> int:
-    return get_account(store, username).value["balance"]
 
 
 @pytest.fixture

@@ -107,7 +107,7 @@ def test_importing_keys_refuses_with_one_clear_error(down_store, tmp_path):
 
     keys = tmp_path / "keys.txt"
     keys.write_text(ADDR_A + "\n")
-    with pytest.raises(CommandError, match="cannot reach Couchbase.*Nothing is half-imported"):
+    with pytest.raises(CommandError, match=r"cannot reach Couchbase.*Nothing is half-imported"):
         call_command("import_keys", str(keys), verbosity=0)
 
 
