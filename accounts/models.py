@@ -22,7 +22,7 @@ class User(AbstractUser):
         help_text="1 to 32 letters and digits.",
         error_messages={"unique": "That username is already taken."},
     )
-    # `email` (AbstractUser's) is optional; only a verified one receives resets and notices.
+    # `email` (AbstractUser's) is optional; only a verified one receives password resets.
     email_verified = models.BooleanField(default=False)
     # Two-factor authentication (accounts/twofactor.py): the base32 TOTP secret once confirmed
     # (empty = off), the last time step accepted (a code is never accepted twice), and the
@@ -30,9 +30,6 @@ class User(AbstractUser):
     totp_secret = models.CharField(max_length=64, blank=True, default="")
     totp_last_step = models.BigIntegerField(default=0)
     recovery_code_hashes = models.JSONField(default=list, blank=True)
-    # Email notices the user wants (each can be turned off; sent only to a verified address).
-    notify_deposit = models.BooleanField(default=True)
-    notify_withdrawal = models.BooleanField(default=True)
 
     @property
     def has_2fa(self) -> bool:

@@ -1,5 +1,5 @@
 """The Security tab: password change, email (verified by a signed link), password reset by email,
-two-factor authentication (enrol, recovery codes, the login's second step) and notice settings.
+two-factor authentication (enrol, recovery codes, the login's second step).
 
 Password change and reset go through Django's views and tokens. Changing the password changes the
 user's session auth hash, so every other session of the user fails Django's check at its next
@@ -112,7 +112,7 @@ class PasswordResetCompleteView(auth_views.PasswordResetCompleteView):
     template_name = "accounts/password_reset_complete.html"
 
 
-# --- the Security tab: email and notices ---
+# --- the Security tab and the email address ---
 
 
 class EmailForm(forms.Form):
@@ -120,26 +120,15 @@ class EmailForm(forms.Form):
         label="Email address",
         required=False,
         max_length=254,
-        help_text="Optional. Used for password resets and the notices you choose, nothing else.",
+        help_text="Optional. Used for password resets, nothing else.",
         widget=forms.EmailInput(attrs={"autocomplete": "email"}),
     )
-
-
-class NoticesForm(forms.Form):
-    notify_deposit = forms.BooleanField(label="A deposit was credited", required=False)
-    notify_withdrawal = forms.BooleanField(label="A withdrawal was sent", required=False)
 
 
 def _security_page(request, email_form=None, status=200) -> HttpResponse:
     user = request.user
     context = {
         "email_form": email_form or EmailForm(initial={"email": user.email}),
-        "notices_form": NoticesForm(
-            initial={
-                "notify_deposit": user.notify_deposit,
-                "notify_withdrawal": user.notify_withdrawal,
-            }
-        ),
         "recovery_left": len(user.recovery_code_hashes),
         "active_tab": "security",
     }
@@ -212,19 +201,6 @@ def verify_email(request: HttpRequest, token: str) -> HttpResponse:
 def _verify_result(request, message: str, status: int) -> HttpResponse:
     context = {"message": message, "ok": status == 200}
     return render(request, "accounts/email_verified.html", context, status=status)
-
-
-@require_POST
-@login_required
-def set_notices(request: HttpRequest) -> HttpResponse:
-    form = NoticesForm(request.POST)
-    form.is_valid()  # two checkboxes: anything unticked or garbled is "off"
-    user = request.user
-    user.notify_deposit = form.cleaned_data.get("notify_deposit", False)
-    user.notify_withdrawal = form.cleaned_data.get("notify_withdrawal", False)
-    user.save(update_fields=["notify_deposit", "notify_withdrawal"])
-    messages.success(request, "Your notice settings were saved.")
-    return redirect("account_security")
 
 
 # --- two-factor authentication ---

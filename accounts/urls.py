@@ -18,7 +18,6 @@ urlpatterns = [
     path("account/password/", sv.PasswordChangeView.as_view(), name="password_change"),
     path("account/email/", sv.set_email, name="set_email"),
     path("account/email/verify/<str:token>/", sv.verify_email, name="verify_email"),
-    path("account/notices/", sv.set_notices, name="set_notices"),
     path("account/2fa/setup/", sv.twofactor_setup, name="twofactor_setup"),
     path("account/2fa/disable/", sv.twofactor_disable, name="twofactor_disable"),
     path("accounts/password-reset/", sv.PasswordResetView.as_view(), name="password_reset"),

@@ -1,4 +1,4 @@
-"""An optional email address, confirmed by a signed link; notice settings on the Security tab."""
+"""An optional email address, confirmed by a signed link."""
 
 from __future__ import annotations
 
@@ -94,9 +94,3 @@ def test_confirmation_emails_are_limited_per_hour(client, alice, settings):
     assert client.post("/account/email/", {"email": "a9@example.com"}).status_code == 429
     assert len(mail.outbox) == 2
     assert User.objects.get(username="alice").email == "a1@example.com"
-
-
-def test_each_notice_can_be_turned_off(client, alice):
-    client.post("/account/notices/", {"notify_withdrawal": "on"})
-    alice.refresh_from_db()
-    assert not alice.notify_deposit and alice.notify_withdrawal
