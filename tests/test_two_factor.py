@@ -61,6 +61,7 @@ def test_enrolment_shows_a_qr_code_and_turns_on_only_with_a_right_code(client, a
     client.force_login(alice)
     page = client.get("/account/2fa/setup/").content.decode()
     assert "<svg" in page
+    assert " style=" not in page and "<script>" not in page  # the strict CSP holds here too
     secret = re.search(r'data-role="totp-secret">([A-Z2-7]+)<', page).group(1)
     wrong = client.post("/account/2fa/setup/", {"code": "000000"})
     assert wrong.status_code == 400 and "not right" in wrong.content.decode()
