@@ -216,6 +216,22 @@ for _proxy in TRUSTED_PROXIES:
         ) from None
 # A wrong password for a username past its failures is answered after this pause (never refused).
 LOGIN_FAILURE_DELAY_SECONDS = env.float("LOGIN_FAILURE_DELAY_SECONDS", default=1.0)
+# Two-factor and password-reset attempts per window (per user for codes; per client and per
+# address for resets); confirmation emails a user may ask for per hour.
+OTP_RATE_LIMIT = env.int("OTP_RATE_LIMIT", default=5)
+PASSWORD_RESET_RATE_LIMIT = env.int("PASSWORD_RESET_RATE_LIMIT", default=5)
+EMAIL_RATE_LIMIT = env.int("EMAIL_RATE_LIMIT", default=5)
+# Seconds a right password waits for its two-factor code before the login starts over.
+OTP_LOGIN_SECONDS = env.int("OTP_LOGIN_SECONDS", default=300)
+# How long a password-reset link and an email-confirmation link work.
+PASSWORD_RESET_TIMEOUT = env.int("PASSWORD_RESET_TIMEOUT", default=3600)
+EMAIL_VERIFY_SECONDS = env.int("EMAIL_VERIFY_SECONDS", default=3 * 24 * 3600)
+
+# Email: the console backend (messages printed to the web process's stdout) unless EMAIL_URL
+# names a server, e.g. smtp+tls://user:password@smtp.example.com:587.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="webmaster@localhost")
+
 # Per user and hour: deposit addresses dealt (each burns a key) and withdrawal requests.
 ADDRESS_RATE_LIMIT = env.int("ADDRESS_RATE_LIMIT", default=10)
 WITHDRAW_RATE_LIMIT = env.int("WITHDRAW_RATE_LIMIT", default=20)
