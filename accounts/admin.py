@@ -43,11 +43,11 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.cache import add_never_cache_headers
-from django.utils.http import urlencode
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 
 from docstore import DocstoreError, NotFound, get_clock, get_store
 
-from . import dashboard, locks, money, ratelimit
+from . import dashboard, locks, money, ratelimit, twofactor
 from .adjust import MAX_REASON, adjust_balance, new_request_id
 from .gateway import account_key, ensure_account, full_ledger, get_account
 from .models import USERNAME_RE, User, username_validator
@@ -724,9 +724,26 @@ _site_index = admin.site.index
 _site_login = admin.site.login
 
 
+_site_has_permission = admin.site.has_permission
+
+
+def _has_permission(request: HttpRequest) -> bool:
+    """Active staff with two-factor authentication on. A user with 2FA is only ever logged in
+    through a code (the site's and the admin's login both ask for one), so 2FA on means this
+    session passed it."""
+    return _site_has_permission(request) and request.user.has_2fa
+
+
 def _login(request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
     """The admin's login, counted by the site login's throttle (`ratelimit.login_allowed`):
-    staff passwords guard money, so they get no more guesses than anyone's."""
+    staff passwords guard money, so they get no more guesses than anyone's. A right password
+    of a user with 2FA goes on to the code page; staff without 2FA are sent to turn it on."""
+    user = request.user
+    if user.is_authenticated and user.is_active and user.is_staff and not user.has_2fa:
+        messages.warning(
+            request, "Staff need two-factor authentication to reach the admin: turn it on here."
+        )
+        return HttpResponseRedirect(reverse("twofactor_setup"))
     if request.method == "POST":
         username = request.POST.get("username", "")
         if not ratelimit.login_allowed(request, username):
@@ -748,6 +765,23 @@ def _login(request: HttpRequest, extra_context: dict | None = None) -> HttpRespo
             response = TemplateResponse(request, "admin/login.html", context, status=429)
             add_never_cache_headers(response)
             return response
+        from django.contrib.admin.forms import AdminAuthenticationForm
+
+        form = AdminAuthenticationForm(request, data=request.POST)
+        if not form.is_valid():
+            # As on the site's login: only failures count (answered slowly past the username's).
+            ratelimit.login_failed(request, username)
+            return _site_login(request, extra_context)
+        ratelimit.login_succeeded(request)
+        staff_user = form.get_user()
+        if staff_user.has_2fa:
+            next_url = request.POST.get(REDIRECT_FIELD_NAME) or reverse("admin:index")
+            if not url_has_allowed_host_and_scheme(
+                next_url, {request.get_host()}, request.is_secure()
+            ):
+                next_url = reverse("admin:index")
+            twofactor.begin_login(request, staff_user, staff_user.backend, next_url)
+            return HttpResponseRedirect(reverse("login_code"))
     return _site_login(request, extra_context)
 
 
@@ -795,3 +829,4 @@ def _index(request: HttpRequest, extra_context: dict | None = None) -> HttpRespo
 admin.site.get_urls = _get_urls
 admin.site.index = _index
 admin.site.login = _login
+admin.site.has_permission = _has_permission

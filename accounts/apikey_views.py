@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
@@ -49,13 +50,13 @@ def api_key(request: HttpRequest) -> HttpResponse:
         "campaigns": campaigns,
         "example": example,
         "requests_per_slot": REQUESTS_PER_SLOT,
-        "embed_js_url": request.build_absolute_uri(reverse("embed_js")),
+        "embed_js_url": settings.SITE_URL + reverse("embed_js"),
         "active_tab": "api_key",
     }
     if example is not None:
         args = [username, example["n"]]
         context.update(
-            api_url=request.build_absolute_uri(reverse("ad_api_current", args=args)),
-            embed_url=request.build_absolute_uri(reverse("embed", args=args)),
+            api_url=settings.SITE_URL + reverse("ad_api_current", args=args),
+            embed_url=settings.SITE_URL + reverse("embed", args=args),
         )
     return render(request, "accounts/api_key.html", context)

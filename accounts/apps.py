@@ -18,6 +18,15 @@ class AccountsConfig(AppConfig):
         )
         workers.register_init(workers.init_schema)
 
+        # An SQLite ORM database (users' password hashes, sessions) is the owner's alone.
+        database = settings.DATABASES["default"]
+        name = str(database.get("NAME", ""))
+        on_disk = name and not name.startswith((":memory:", "file:"))
+        if database["ENGINE"].endswith("sqlite3") and on_disk:
+            from docstore.files import private_sqlite_file
+
+            private_sqlite_file(name)
+
         from django.db.models.signals import post_delete, post_save
 
         from .auth_backends import forget_user

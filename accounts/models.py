@@ -22,6 +22,18 @@ class User(AbstractUser):
         help_text="1 to 32 letters and digits.",
         error_messages={"unique": "That username is already taken."},
     )
+    # `email` (AbstractUser's) is optional; only a verified one receives password resets.
+    email_verified = models.BooleanField(default=False)
+    # Two-factor authentication (accounts/twofactor.py): the base32 TOTP secret once confirmed
+    # (empty = off), the last time step accepted (a code is never accepted twice), and the
+    # SHA-256 hashes of the unused recovery codes.
+    totp_secret = models.CharField(max_length=64, blank=True, default="")
+    totp_last_step = models.BigIntegerField(default=0)
+    recovery_code_hashes = models.JSONField(default=list, blank=True)
+
+    @property
+    def has_2fa(self) -> bool:
+        return bool(self.totp_secret)
 
     class Meta:
         # Staff money actions, each its own permission (superusers have all); the ORM holds no

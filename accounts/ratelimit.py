@@ -1,10 +1,20 @@
 """Fixed-window rate limits in Django's cache, so every gunicorn worker counts against one total.
 
-The client is `REMOTE_ADDR` and nothing else: X-Forwarded-For is whatever the client wants it to
-be, so trusting it would let anyone pick a fresh "address" per request. Behind a reverse proxy,
-the proxy must set REMOTE_ADDR to the real client (e.g. gunicorn `--forwarded-allow-ips` with a
-proxy that overwrites the header, or a WSGI middleware owned by the deployment), or every client
-shares the proxy's address and one budget.
+The client. `REMOTE_ADDR` is the connection's peer. Behind a reverse proxy that peer is the
+proxy, so every client would share one budget; the real client is then read from
+X-Forwarded-For, but only when the peer is one of `TRUSTED_PROXIES` (anyone else can write that
+header). Each trusted proxy appends the address it saw, so the header is read from the right:
+the first hop that is not a trusted proxy is the client. An IPv6 client is counted by its /64,
+the block one subscriber gets (counting single addresses would give each of them 2**64 budgets).
+
+Login (`login_allowed`, `login_succeeded`, `login_failed`; the site's login and the admin's use
+the same three). Only failures count. An attempt is counted as a failure before the password is
+checked and taken back when it was right, so racing guesses cannot slip past the count. A client
+over its failures is refused before any password check (it is the one guessing). A username
+over its failures is never refused, or anyone could keep its owner out: the right password still
+logs in, and every further wrong one is answered only after `LOGIN_FAILURE_DELAY_SECONDS`.
+Usernames are counted as Django authenticates them: NFKC-normalised and case-folded, so look-alike
+spellings of one name (full-width letters, "BOB") share one count.
 
 Counting uses `cache.add` (create the window's counter) then `cache.incr`. On memcached and
 Redis both are atomic; the default file cache does a read-modify-write, so racing workers can
@@ -14,15 +24,43 @@ a quota.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import ipaddress
+import time
+import unicodedata
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.http import HttpRequest
 
 from docstore import get_clock
 
 TOO_MANY_ATTEMPTS = "Too many attempts; try again in a few minutes."
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# What login_allowed counted for this request, for login_succeeded to take back.
+_COUNTED = "_login_throttle_keys"
+
+
+def _key(scope: str, ident: str, window: int) -> str:
+    """The cache key of `ident`'s counter in `scope` for the current window of the clock."""
+    bucket = get_clock().now() // window
+    # Hashed so any text (10 000 characters, spaces, unicode) makes a key every backend accepts.
+    digest = hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"ratelimit:{scope}:{bucket}:{digest}"
+
+
+def _incr(key: str, window: int) -> int:
+    # The key outlives its window a little, so a counter never expires between add and incr.
+    cache.add(key, 0, timeout=window + 5)
+    try:
+        return cache.incr(key)
+    except ValueError:  # evicted between add and incr: start the window's count again
+        cache.add(key, 1, timeout=window + 5)
+        return 1
 
 
 def hit(scope: str, ident: str, limit: int, window: int) -> bool:
@@ -31,31 +69,121 @@ def hit(scope: str, ident: str, limit: int, window: int) -> bool:
     The window is fixed (it starts at a multiple of `window` seconds of the injected clock), so
     tests move time instead of sleeping. Every call counts, including refused ones.
     """
-    bucket = get_clock().now() // window
-    # Hashed so any text (10 000 characters, spaces, unicode) makes a key every backend accepts.
-    digest = hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    key = f"ratelimit:{scope}:{bucket}:{digest}"
-    # The key outlives its window a little, so a counter never expires between add and incr.
-    cache.add(key, 0, timeout=window + 5)
+    return _incr(_key(scope, ident, window), window) <= limit
+
+
+def count(scope: str, ident: str, window: int) -> int:
+    """How many times `ident` was counted in `scope` in the current window (nothing is counted)."""
+    return int(cache.get(_key(scope, ident, window)) or 0)
+
+
+# --- the client's address ---------------------------------------------------------------------
+
+
+@functools.cache
+def _trusted_proxies() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(p, strict=False) for p in settings.TRUSTED_PROXIES)
+
+
+@receiver(setting_changed)
+def _forget_proxies(setting: str, **kwargs) -> None:
+    if setting == "TRUSTED_PROXIES":  # only tests change settings while a process runs
+        _trusted_proxies.cache_clear()
+
+
+def _parse_ip(text: str) -> IPAddress | None:
+    text = text.strip()
+    if text.startswith("[") and "]" in text:  # "[2001:db8::1]:443"
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:  # "192.0.2.1:443"
+        text = text.partition(":")[0]
     try:
-        count = cache.incr(key)
-    except ValueError:  # evicted between add and incr: start the window's count again
-        cache.add(key, 1, timeout=window + 5)
-        count = 1
-    return count <= limit
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _is_trusted(address: IPAddress | None) -> bool:
+    return address is not None and any(address in net for net in _trusted_proxies())
+
+
+def _ident(address: IPAddress) -> str:
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def client_ip(request: HttpRequest) -> str:
-    return request.META.get("REMOTE_ADDR") or "unknown"
+    """The client the limits count: the peer, or behind trusted proxies the hop before them."""
+    peer_text = request.META.get("REMOTE_ADDR") or ""
+    peer = _parse_ip(peer_text)
+    if peer is None:
+        return peer_text or "unknown"
+    if _is_trusted(peer):
+        # Django joins repeated X-Forwarded-For headers with ",", as RFC 9110 allows.
+        hops = [h for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+        for hop in reversed(hops):
+            address = _parse_ip(hop)
+            if address is None:
+                # Garbage where a trusted proxy writes what it saw: the proxy is misconfigured;
+                # count everything behind it as one client rather than trust the client's text.
+                return _ident(peer)
+            if not _is_trusted(address):
+                return _ident(address)
+            peer = address
+    return _ident(peer)
+
+
+# --- login --------------------------------------------------------------------------------------
+
+
+def normalized_username(username: str) -> str:
+    """The name as the login form and the backend see it: stripped, NFKC, case-folded."""
+    return unicodedata.normalize("NFKC", username.strip()).casefold()
 
 
 def login_allowed(request: HttpRequest, username: str) -> bool:
-    """One login attempt, counted per client address and per (case-folded) username."""
+    """Call before checking a password. False: this client has used up its failures (answer 429
+    without checking). True: the attempt is counted as a failure until `login_succeeded`."""
     limit, window = settings.LOGIN_RATE_LIMIT, settings.RATE_LIMIT_WINDOW_SECONDS
-    # Both counters advance on every attempt; short-circuiting would let one hide the other.
-    by_ip = hit("login-ip", client_ip(request), limit, window)
-    by_user = hit("login-user", username.strip().lower(), limit, window)
-    return by_ip and by_user
+    client = client_ip(request)
+    if count("login-ip", client, window) >= limit:
+        return False
+    keys = [_key("login-ip", client, window), _key("login-user", _user_ident(username), window)]
+    for key in keys:
+        _incr(key, window)
+    setattr(request, _COUNTED, keys)
+    return True
+
+
+def login_succeeded(request: HttpRequest) -> None:
+    """The password was right: take back the failure `login_allowed` counted."""
+    for key in getattr(request, _COUNTED, ()):
+        try:
+            cache.decr(key)
+        except ValueError:  # expired or evicted meanwhile: nothing to take back
+            pass
+    setattr(request, _COUNTED, ())
+
+
+def login_failed(request: HttpRequest, username: str) -> None:
+    """The password was wrong (already counted): past the username's failures, answer slowly."""
+    limit, window = settings.LOGIN_RATE_LIMIT, settings.RATE_LIMIT_WINDOW_SECONDS
+    if count("login-user", _user_ident(username), window) > limit:
+        _pause(settings.LOGIN_FAILURE_DELAY_SECONDS)
+
+
+def _user_ident(username: str) -> str:
+    return normalized_username(username)
+
+
+def _pause(seconds: float) -> None:
+    # The one real sleep: the delay is the point. Tests replace it and never wait.
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 def register_allowed(request: HttpRequest) -> bool:

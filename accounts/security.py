@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 
-from django.http import HttpResponseNotAllowed
+from django.conf import settings
+from django.http import HttpResponse, HttpResponseNotAllowed
 
 # The site's pages and API use only these; anything else is refused before a view runs, so no
 # view can mistake a PUT for a GET (or, like Django's form views, for a POST).
@@ -67,3 +68,65 @@ def frameable(view):
         return response
 
     return wrapped
+
+
+class PrivatePagesMiddleware:
+    """`Cache-Control: private, no-store` on every answer to a request carrying a session
+    cookie (everyone signed in; checking the cookie costs no session read).
+
+    A signed-in page (a balance, an API key, a deposit address) must never be kept by a shared
+    cache or left in the browser's cache for the next user of the machine. A view that sets its
+    own Cache-Control (images, the API, the embeds: all the same for everyone) keeps it.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if "Cache-Control" not in response and settings.SESSION_COOKIE_NAME in request.COOKIES:
+            response["Cache-Control"] = "private, no-store"
+        return response
+
+
+class RequestBodyLimitMiddleware:
+    """Refuse a request whose declared body is too large, before anything reads it (413).
+
+    Every body is capped at MAX_REQUEST_BODY_BYTES; a view marked with `accepts_body_up_to`
+    (the ad upload) allows its own larger limit. Checked in process_view, which runs before
+    CsrfViewMiddleware's (listed after this one) parses a POST body. A Content-Length that is
+    not a number is a 400. Bodies without a length (chunked) are never read by Django.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        declared = request.META.get("CONTENT_LENGTH") or "0"
+        if not declared.isascii() or not declared.isdigit():
+            return _plain(400, "The Content-Length header is not a number.")
+        limit = getattr(view_func, "max_body_bytes", settings.MAX_REQUEST_BODY_BYTES)
+        if int(declared) > limit:
+            if limit >= 1024 * 1024:
+                return _plain(413, f"The upload is too large: at most {limit // 1048576} MB.")
+            return _plain(413, f"The request is too large: at most {limit // 1024} KB.")
+        return None
+
+
+def accepts_body_up_to(limit: int):
+    """Let this view take a request body of up to `limit` bytes (see RequestBodyLimitMiddleware)."""
+
+    def mark(view):
+        view.max_body_bytes = limit
+        return view
+
+    return mark
+
+
+def _plain(status: int, message: str) -> HttpResponse:
+    response = HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
+    response["Cache-Control"] = "no-store"
+    return response

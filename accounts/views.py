@@ -19,7 +19,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 
 from docstore import DocstoreError, Store, get_clock, get_store
 
-from . import ratelimit
+from . import ratelimit, twofactor
 from .auth_backends import BACKEND_PATH
 from .forms import LoginForm, RegistrationForm
 from .gateway import LEDGER_PAGE_SIZE, ensure_account, ledger_page_key
@@ -109,7 +109,9 @@ def register(request: HttpRequest) -> HttpResponse:
 
 
 class RateLimitedLoginView(LoginView):
-    """Django's LoginView (CSRF, never-cache, sensitive POST, safe `next`) plus rate limits."""
+    """Django's LoginView (CSRF, never-cache, sensitive POST, safe `next`) plus the login
+    throttle of accounts.ratelimit: failures count, the right password is never refused for
+    its username's failures."""
 
     template_name = "accounts/login.html"
     form_class = LoginForm
@@ -127,8 +129,18 @@ class RateLimitedLoginView(LoginView):
     def form_valid(self, form: LoginForm) -> HttpResponse:
         # Before login(): a user left without an account doc by a crash at registration gets
         # one, and a docstore failure here leaves them logged out rather than half in.
-        ensure_account(get_store(), get_clock(), form.get_user().username)
+        user = form.get_user()
+        ensure_account(get_store(), get_clock(), user.username)
+        ratelimit.login_succeeded(self.request)
+        if user.has_2fa:
+            # The password was right; the code page (twofactor) finishes the login.
+            twofactor.begin_login(self.request, user, user.backend, self.get_success_url())
+            return redirect("login_code")
         return super().form_valid(form)
+
+    def form_invalid(self, form: LoginForm) -> HttpResponse:
+        ratelimit.login_failed(self.request, self.request.POST.get("username", ""))
+        return super().form_invalid(form)
 
 
 class NewestFirstLedger:

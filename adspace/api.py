@@ -23,8 +23,6 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import TooManyFieldsSent
-from django.core.signals import setting_changed
-from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, HttpResponseNotModified
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -202,6 +200,8 @@ def _presented_key(request: HttpRequest) -> str | None:
 
 
 _API_KEY_FIELD = ("apiKey",)
+# Compared against when the account does not exist, so that answer takes as long as a wrong key.
+_NO_SUCH_ACCOUNT_KEY = "x" * 32
 
 
 def _seller_and_campaign(store: Store, owner: str, n: int, key: str | None) -> dict:
@@ -212,10 +212,12 @@ def _seller_and_campaign(store: Store, owner: str, n: int, key: str | None) -> d
     # the key is read: the account document carries the latest ledger entries, and decoding all
     # of it was the largest single cost of this request.
     try:
-        account = store.get_fields(account_key(owner), _API_KEY_FIELD).value
+        stored = store.get_fields(account_key(owner), _API_KEY_FIELD).value.get("apiKey")
     except NotFound:
-        raise ApiError(404, NO_SUCH_CAMPAIGN) from None
-    if not apikeys.keys_match(key, account.get("apiKey")):
+        # The same answer as a wrong key, after the same comparison: whether a user exists is
+        # not for anyone without their key to learn.
+        stored = _NO_SUCH_ACCOUNT_KEY
+    if not apikeys.keys_match(key, stored) or stored is _NO_SUCH_ACCOUNT_KEY:
         raise ApiError(403, INVALID_KEY)
     try:
         return store.get(gateway.campaign_key(owner, n)).value
@@ -231,7 +233,7 @@ def _seller_and_campaign(store: Store, owner: str, n: int, key: str | None) -> d
 # decided on every request. Keys carry the store (serving.store_ident) and every field of the
 # slot, so no other store's or other sale's answer can match.
 CACHE_SIZE = 4096
-# (_slot_ident, scheme://host) -> (JSON body, ETag)
+# (_slot_ident, SITE_URL) -> (JSON body, ETag)
 _answers = serving.BoundedCache(CACHE_SIZE)
 # (_slot_ident, width, height) -> embed page
 _embed_pages = serving.BoundedCache(CACHE_SIZE)
@@ -264,44 +266,16 @@ def _slot_ident(request: HttpRequest, store: Store, answer: serving.Showing) -> 
     return (*_scope(request, store), answer.index, tuple(map(slot.get, _SLOT_FIELDS)))
 
 
-# What the host headers of a request mean is fixed for a process (ALLOWED_HOSTS and the proxy
-# settings do not change while it runs), and CommonMiddleware has already checked them once for
-# this request: (headers) -> checked host, for the hosts this site answers to.
-_hosts = serving.BoundedCache(256)
-_HOST_SETTINGS = {"ALLOWED_HOSTS", "USE_X_FORWARDED_HOST", "USE_X_FORWARDED_PORT", "DEBUG"}
-
-
-@receiver(setting_changed)
-def _forget_hosts(setting: str, **kwargs) -> None:
-    if setting in _HOST_SETTINGS:  # only tests change settings while a process runs
-        _hosts.clear()
-
-
-def _scheme_host(request: HttpRequest) -> str:
-    """The request's "scheme://host", the host checked against ALLOWED_HOSTS."""
-    meta = request.META
-    headers = (
-        meta.get("HTTP_X_FORWARDED_HOST"),
-        meta.get("HTTP_X_FORWARDED_PORT"),
-        meta.get("HTTP_HOST"),
-        meta.get("SERVER_NAME"),
-        meta.get("SERVER_PORT"),
-    )
-    host = _hosts.get(headers)
-    if host is None:
-        host = request.get_host()  # raises DisallowedHost for a host we do not serve
-        _hosts.put(headers, host)
-    return f"{request.scheme}://{host}"
-
-
 def _campaign_url(request: HttpRequest, store: Store, owner: str, n: int) -> str:
-    """Absolute URL of the campaign's page (where a buyer buys the next slot)."""
+    """Absolute URL of the campaign's page (where a buyer buys the next slot), on SITE_URL:
+    never built from the request's Host, whose name and port the client chooses (and the embed
+    is kept by shared caches)."""
     key = (*_scope(request, store), owner, n)
     path = _campaign_paths.get(key)
     if path is None:
         path = reverse("campaign", args=[owner, n])
         _campaign_paths.put(key, path)
-    return _scheme_host(request) + path
+    return settings.SITE_URL + path
 
 
 def _live_ad(store: Store, owner: str, n: int, answer: serving.Showing) -> dict | None:
@@ -325,7 +299,7 @@ def _ad_answer(
     request: HttpRequest, store: Store, owner: str, n: int, answer: serving.Showing
 ) -> tuple[bytes, str] | None:
     """(JSON body, ETag) of the showing slot's ad; None if its ad or image is gone (not cached)."""
-    base = _scheme_host(request)
+    base = settings.SITE_URL
     key = (*_slot_ident(request, store, answer), base)
     cached = _answers.get(key)
     if cached is not None:
@@ -406,13 +380,18 @@ def current_ad(request: HttpRequest, user: str, n: str) -> HttpResponse:
 
     # A showing slot always has an end, so `until` is set; the 1 s is only a guard.
     max_age = max(1, answer.until - now) if answer.until is not None else 1
-    if not _within_slot_allowance(key or "", owner, index, answer.index, max_age + 60):
+    data, etag = found
+    # A 304 (the client already holds this answer) is free: revalidating is what a well-behaved
+    # client does, and it must not use up the allowance of the key's owner.
+    revalidation = _etag_matches(request.META.get("HTTP_IF_NONE_MATCH"), etag)
+    if not revalidation and not _within_slot_allowance(
+        key or "", owner, index, answer.index, max_age + 60
+    ):
         return _error(
             429,
             TOO_MANY.format(limit=settings.API_REQUESTS_PER_SLOT),
             {"Retry-After": str(max_age)},
         )
-    data, etag = found
     # private: the answer was given for a key; a shared cache must not hand it to anyone.
     response = _json_answer(request, data, etag, f"private, max-age={max_age}")
     response["Vary"] = "Authorization"
@@ -559,7 +538,7 @@ def embed_size(request: HttpRequest, user: str, n: str) -> HttpResponse:
 
 def embed_js(request: HttpRequest) -> HttpResponse:
     """The one-line installable script; rendered so it knows this site's absolute URL."""
-    script = render_to_string("adspace/embed.js", {"base_url": request.build_absolute_uri("/")})
+    script = render_to_string("adspace/embed.js", {"base_url": settings.SITE_URL + "/"})
     response = HttpResponse(script, content_type="application/javascript; charset=utf-8")
     response["Cache-Control"] = f"public, max-age={STATIC_MAX_AGE}"
     response["Access-Control-Allow-Origin"] = "*"

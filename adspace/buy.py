@@ -6,6 +6,9 @@ The order is the original's "perfected" flow, made complete:
   3. insert the tx doc (accept "exists")
   4. debit and unlock the buyer in one CAS (only while the lock holds our token)
   5. point the campaign's `last` at the slot (accept "already there or later")
+Before step 1 the buyer is checked: a seller may not buy a slot of their own campaign (each sale
+doubles the next price, so buying one's own slot would let a seller raise the price others pay,
+for a fee). Refused before the lock, nothing is charged.
 Only step 1 can fail for the buyer. After step 2 the sale is final whatever crashes: steps 3-5
 are idempotent and run from the lock or the slot doc by whoever gets there first (the buyer, the
 next buyer of that campaign, the lock's lease recovery, or the campaign recovery pass).
@@ -45,6 +48,15 @@ class PriceChanged(BuyError):
         self.price = price
 
 
+class OwnCampaign(BuyError):
+    message = "You cannot buy a slot of your own campaign; nothing was charged."
+
+
+def is_own_campaign(buyer: str, campaign: dict) -> bool:
+    # Usernames are one user in any case (DESIGN.md 4); the stored spelling is the same anyway.
+    return buyer.casefold() == campaign["owner"].casefold()
+
+
 class SlotTaken(BuyError):
     message = "Someone else just bought that slot; you were not charged."
 
@@ -78,6 +90,8 @@ def buy_next_slot(
         campaign = gateway.get_campaign(store, owner, n).value
     except NotFound:
         raise CampaignMissing() from None
+    if is_own_campaign(buyer, campaign):
+        raise OwnCampaign()
     try:
         filler = gateway.get_filler(store, buyer, filler_index)
     except NotFound:

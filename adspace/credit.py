@@ -399,7 +399,12 @@ def campaign_earnings(store: Store, owner: str, n: int) -> dict[str, int]:
     return _earnings(store, [(owner, n)]).get((owner, n), empty)
 
 
-def owner_earnings(store: Store, owner: str) -> dict[int, dict[str, int]]:
-    """`campaign_earnings` for every campaign of `owner`, by campaign index, in batched reads."""
-    refs = [(owner, n) for n in range(gateway.campaign_count(store, owner))]
+def owner_earnings(
+    store: Store, owner: str, indexes: list[int] | None = None
+) -> dict[int, dict[str, int]]:
+    """`campaign_earnings` for the campaigns of `owner` with these indexes (default: all), by
+    campaign index, in batched reads."""
+    if indexes is None:
+        indexes = list(range(gateway.campaign_count(store, owner)))
+    refs = [(owner, n) for n in indexes]
     return {n: figures for (_, n), figures in _earnings(store, refs).items()}

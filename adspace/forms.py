@@ -176,6 +176,7 @@ class AdForm(forms.Form):
         },
         widget=forms.ClearableFileInput(attrs={"accept": "image/png,image/jpeg,image/gif"}),
     )
+    busy = ""  # set when the image could not be checked for now (the server is busy)
 
     def clean(self):
         data = super().clean()
@@ -190,5 +191,7 @@ class AdForm(forms.Form):
         try:
             data["validated"] = images.validate_ad_image(upload.read(), width, height)
         except images.ImageRejected as exc:
+            if exc.code == "busy":
+                self.busy = exc.message  # not the file's fault: the view answers 503
             self.add_error("image", exc.message)
         return data

@@ -4,6 +4,13 @@ Campaigns are numbered per owner by `campaigncount::<u>`; every campaign also ge
 `campaigndir::<g>` entry and every seller (at their first campaign) a `sellerdir::<g>` entry, each
 written before what it points to, so recovery, the creditor, the audit and the sellers list reach
 everything by key. A slot's existence means "sold"; `tx::` records what the sale owes the seller.
+
+Caps. A user's campaigns and ads are numbered by their counters, so the number a create draws is
+also how many came before it: a create that draws an index at or past the cap is refused before
+it writes anything, which holds however many creates race (each draws its own index). A refused
+index is a hole, like one a crash leaves, and every walk skips holes. Image bytes are charged to
+`imagebytes::<u>` the same way (the total after adding is the one checked), before the image is
+stored; a charge refused in a race stays counted, which can only make the quota stricter.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from accounts.gateway import directory_size, walk_directory
+from accounts.locks import AccountError
 from docstore import AlreadyExists, CasMismatch, Clock, Doc, NotFound, Store
 
 CAMPAIGNDIR = "campaigndir"
@@ -67,6 +75,32 @@ def image_key(sha256: str) -> str:
     return f"image::{sha256}"
 
 
+def imagebytes_key(username: str) -> str:
+    return f"imagebytes::{username}"
+
+
+class TooManyCampaigns(AccountError):
+    def __init__(self, limit: int):
+        super().__init__(
+            f"You have {limit} campaigns, the most one account can have; nothing was created."
+        )
+
+
+class TooManyAds(AccountError):
+    def __init__(self, limit: int):
+        super().__init__(
+            f"You have {limit} ads, the most one account can have; nothing was stored."
+        )
+
+
+class ImageQuotaFull(AccountError):
+    def __init__(self, quota: int):
+        super().__init__(
+            f"Your ads' images would take more than {quota // (1024 * 1024)} MB, the most one "
+            "account can store; nothing was stored."
+        )
+
+
 # --- campaigns ------------------------------------------------------------------------------
 
 
@@ -79,9 +113,18 @@ def create_campaign(
     width: int,
     height: int,
     disallowed: list[str],
+    max_campaigns: int | None = None,
 ) -> int:
-    """Create the owner's next campaign and return its index."""
+    """Create the owner's next campaign and return its index.
+
+    With `max_campaigns`, refuses (TooManyCampaigns, nothing written) the create that would be
+    the owner's campaign number `max_campaigns` + 1 or later (see Caps above).
+    """
+    if max_campaigns is not None and campaign_count(store, owner) >= max_campaigns:
+        raise TooManyCampaigns(max_campaigns)  # the common case, without spending an index
     n = store.counter(campaigncount_key(owner), 1, initial=0)
+    if max_campaigns is not None and n >= max_campaigns:
+        raise TooManyCampaigns(max_campaigns)
     if n == 0:
         store.insert(sellerdir_key(store.counter(SELLERDIR, 1, initial=0)), {"owner": owner})
     g = store.counter(CAMPAIGNDIR, 1, initial=0)
@@ -121,8 +164,12 @@ def campaign_counts(store: Store, owners: list[str]) -> dict[str, int]:
 
 def owner_campaigns(store: Store, owner: str) -> list[dict]:
     """All of an owner's campaigns, by index (indexes a crash skipped are left out)."""
-    count = campaign_count(store, owner)
-    keys = [campaign_key(owner, n) for n in range(count)]
+    return campaigns_in_range(store, owner, 0, campaign_count(store, owner))
+
+
+def campaigns_in_range(store: Store, owner: str, start: int, stop: int) -> list[dict]:
+    """The owner's campaigns with index in [start, stop), by index, in one read; holes left out."""
+    keys = [campaign_key(owner, n) for n in range(start, stop)]
     found = store.get_multi(keys)
     return [found[k].value for k in keys if k in found]
 
@@ -207,6 +254,31 @@ def get_image(store: Store, sha256: str) -> tuple[dict, bytes]:
     return value, base64.b64decode(value["data"])
 
 
+def reserve_filler_index(store: Store, username: str, max_ads: int | None = None) -> int:
+    """Draw the user's next ad index; with `max_ads`, TooManyAds past the cap (see Caps)."""
+    if max_ads is not None and filler_count(store, username) >= max_ads:
+        raise TooManyAds(max_ads)  # the common case, without spending an index
+    i = store.counter(fillercount_key(username), 1, initial=0)
+    if max_ads is not None and i >= max_ads:
+        raise TooManyAds(max_ads)
+    return i
+
+
+def image_bytes_used(store: Store, username: str) -> int:
+    try:
+        return int(store.get(imagebytes_key(username)).value)
+    except NotFound:
+        return 0
+
+
+def charge_image_bytes(store: Store, username: str, size: int, quota: int) -> None:
+    """Count `size` bytes of images against the user's quota; ImageQuotaFull past it."""
+    if image_bytes_used(store, username) + size > quota:
+        raise ImageQuotaFull(quota)  # the common case, without counting anything
+    if store.counter(imagebytes_key(username), size, initial=size) > quota:
+        raise ImageQuotaFull(quota)
+
+
 def create_filler(
     store: Store,
     clock: Clock,
@@ -217,13 +289,15 @@ def create_filler(
     width: int,
     height: int,
     image_sha256: str,
+    index: int | None = None,
 ) -> int:
     """Create an immutable ad; nicknames are unique per user (case-insensitively).
 
-    The nickname is claimed first with the index it will get; a claim whose ad never appeared (a
-    crash between the two writes) is taken over rather than blocking the name forever.
+    `index` is one drawn by reserve_filler_index (which enforces the cap), else one is drawn
+    here. The nickname is claimed first with the index it will get; a claim whose ad never
+    appeared (a crash between the two writes) is taken over rather than blocking the name forever.
     """
-    i = store.counter(fillercount_key(username), 1, initial=0)
+    i = reserve_filler_index(store, username) if index is None else index
     claim = fillernick_key(username, nickname)
     now = clock.now()
     try:

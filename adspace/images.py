@@ -4,6 +4,15 @@ The type is judged by the content, never by the file name or the browser's conte
 accepted image is decoded and saved again by Pillow, so what we store and serve is pixels we
 produced ourselves: no EXIF (locations, camera serials), ICC profiles, comments or text chunks,
 and no trailing payload smuggled after the image data.
+
+Decoding untrusted bytes is the costly part, and it runs in C outside the GIL, beyond the reach
+of gunicorn's timeout. Its work is bounded before it starts: at most MAX_IMAGE_BYTES of input,
+MAX_IMAGE_PIXELS declared pixels, and for JPEG at most MAX_JPEG_SCANS scans, counted from the
+markers without decoding (a progressive JPEG can hold a 16-byte scan over and over, and every
+scan is a pass over the whole picture: 130 000 of them fit in 2 MB and took minutes of a core).
+At most DECODES_AT_ONCE images are decoded at once in a process, so a burst of uploads holds
+that many cores at most. Whatever a decoder raises on a damaged file is a refusal ("damaged"),
+never an error of ours.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -22,6 +32,13 @@ MAX_AD_SIDE = 2048
 # No ad can be larger than this, so any image declaring more pixels is refused from its header,
 # before a single pixel is decoded (Pillow's own bomb limit, ~89 Mpx, is far too generous here).
 MAX_IMAGE_PIXELS = MAX_AD_SIDE * MAX_AD_SIDE
+
+# Encoders write 1 (baseline) to about 10 (progressive) scans; 64 leaves room for unusual ones.
+# Each costs at most a pass over 4 Mpx (~0.3 ms here), so 64 is tens of milliseconds.
+MAX_JPEG_SCANS = 64
+DECODES_AT_ONCE = 1
+# A request waits this long for its turn to decode before it is told to try again.
+DECODE_WAIT_SECONDS = 10
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF")
 JPEG_QUALITY = 90
@@ -56,7 +73,7 @@ class ImageRejected(ValueError):
     """The upload is not an acceptable ad image; the message is meant for the uploader.
 
     `code` names the reason for callers and tests: empty, too_big, bad_ad_size, not_an_image,
-    wrong_type, damaged, too_many_pixels, animated, wrong_size.
+    wrong_type, damaged, too_many_pixels, too_many_scans, animated, wrong_size, busy.
     """
 
     def __init__(self, message: str, code: str) -> None:
@@ -90,6 +107,26 @@ def validate_ad_image(data: bytes, width: int, height: int) -> ValidatedImage:
     if len(data) > MAX_IMAGE_BYTES:
         raise ImageRejected("The image is larger than 2 MB.", "too_big")
 
+    if data.startswith(b"\xff\xd8") and count_jpeg_scans(data, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
+        raise ImageRejected(
+            f"The JPEG has more than {MAX_JPEG_SCANS} scans; save it again as an ordinary "
+            "(baseline or progressive) JPEG.",
+            "too_many_scans",
+        )
+    if not _decode_slots.acquire(timeout=DECODE_WAIT_SECONDS):
+        raise ImageRejected(
+            "The server is busy checking other images; try again in a minute.", "busy"
+        )
+    try:
+        return _decode_and_reencode(data, width, height)
+    finally:
+        _decode_slots.release()
+
+
+_decode_slots = threading.BoundedSemaphore(DECODES_AT_ONCE)
+
+
+def _decode_and_reencode(data: bytes, width: int, height: int) -> ValidatedImage:
     # Pillow warns (and past twice its limit, raises) about decompression bombs; both are a
     # refusal here. catch_warnings restores the filters on exit, so nothing leaks globally
     # (threads share the filter list meanwhile; the one filter added only concerns this class).
@@ -97,14 +134,75 @@ def validate_ad_image(data: bytes, width: int, height: int) -> ValidatedImage:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image, source_format = _open_and_decode(data, width, height)
+            return _reencode(image, source_format)
+        except ImageRejected:
+            raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageRejected(
                 f"The image has more pixels than an ad can have "
                 f"({MAX_AD_SIDE}x{MAX_AD_SIDE} px at most).",
                 "too_many_pixels",
             )
+        except Exception:
+            # Any failure on untrusted bytes (truncated data, chunk lengths past the end,
+            # oversized text or ICC chunks, broken GIF extensions, bad Huffman tables...) is the
+            # upload's fault; the exception types vary by format, plugin and Pillow version.
+            raise _damaged()
 
-    return _reencode(image, source_format)
+
+def _damaged() -> ImageRejected:
+    return ImageRejected(
+        "The image could not be read completely; the file may be damaged or cut short.",
+        "damaged",
+    )
+
+
+def count_jpeg_scans(data: bytes, stop_after: int) -> int:
+    """Scans (SOS markers) of the JPEG's first picture, read from its markers, decoding nothing.
+
+    Counting stops at the first EOI (where decoders stop: an MPO's later pictures are never
+    decoded), at the end of the data, or once past `stop_after`. Unreadable structure ends the
+    count; the decoder then refuses the file.
+    """
+    scans, i, end = 0, 2, len(data)
+    while i + 1 < end and scans <= stop_after:
+        if data[i] != 0xFF:
+            return scans
+        while i + 1 < end and data[i + 1] == 0xFF:  # fill bytes before a marker
+            i += 1
+        if i + 1 >= end:
+            return scans
+        marker = data[i + 1]
+        if marker == 0xD9:  # EOI
+            return scans
+        if marker in _STANDALONE_MARKERS:
+            i += 2
+            continue
+        if i + 3 >= end:
+            return scans
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker != 0xDA:
+            continue
+        scans += 1
+        # Entropy-coded data runs to the next marker: 0xFF not followed by a stuffed 0x00 or a
+        # restart marker (RST0-7).
+        while True:
+            i = data.find(b"\xff", i)
+            if i < 0 or i + 1 >= end:
+                return scans
+            following = data[i + 1]
+            if following == 0x00 or 0xD0 <= following <= 0xD7:
+                i += 2
+                continue
+            if following == 0xFF:
+                i += 1
+                continue
+            break
+    return scans
+
+
+# SOI, RST0-7, TEM: markers without a length.
+_STANDALONE_MARKERS = frozenset({0xD8, 0x01, *range(0xD0, 0xD8)})
 
 
 def _open_and_decode(data: bytes, width: int, height: int) -> tuple[Image.Image, str]:
@@ -140,17 +238,7 @@ def _open_and_decode(data: bytes, width: int, height: int) -> tuple[Image.Image,
     if (shown_width, shown_height) != (width, height):
         raise _wrong_size((shown_width, shown_height), width, height)
 
-    try:
-        image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise
-    except Exception:
-        # Any decoder failure on untrusted bytes (truncated data, broken chunks, bad Huffman
-        # tables...) is the upload's fault; the exception types vary by format and version.
-        raise ImageRejected(
-            "The image could not be read completely; the file may be damaged or cut short.",
-            "damaged",
-        )
+    image.load()  # any failure is turned into "damaged" by the caller
     if transpose is not None:
         image = image.transpose(transpose)
     if image.size != (width, height):  # a GIF frame may extend its screen; trust only pixels

@@ -24,8 +24,9 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST, require_safe
 
-from accounts import locks
+from accounts import locks, ratelimit
 from accounts.money import MAX_SATS, format_btc
+from accounts.security import accepts_body_up_to
 from accounts.templatetags.cached_url import cached_reverse
 from docstore import Ambiguous, NotFound, TemporaryFailure, get_clock, get_store
 
@@ -36,6 +37,7 @@ from .forms import AdForm, CampaignForm
 log = logging.getLogger(__name__)
 
 SELLERS_PER_PAGE = 20
+CAMPAIGNS_PER_PAGE = 20
 ADS_PER_PAGE = 10
 BUY_FORM_MAX_ADS = 200
 MAX_INDEX = 10**9  # of a campaign or an ad
@@ -53,6 +55,9 @@ UPLOAD_TOO_LARGE = (
     f"The upload is too large: an ad image can be at most "
     f"{images.MAX_IMAGE_BYTES // (1024 * 1024)} MB."
 )
+TOO_MANY_UPLOADS = "You have uploaded too many ads in the last hour; wait a while and try again."
+# The body of an ad upload: the image and a few short fields, with room for multipart framing.
+UPLOAD_MAX_BODY_BYTES = images.MAX_IMAGE_BYTES + 64 * 1024
 
 
 class PageError(Exception):
@@ -88,14 +93,33 @@ def _shows_errors(view):
 # --- access checks: one helper per kind of object ---------------------------------------------
 
 
-def _seller_or_404(user: str) -> list[dict]:
-    """The user's campaigns; 404 for a malformed name or someone selling nothing."""
+def _seller_or_404(user: str) -> int:
+    """How many campaign indexes the user has drawn; 404 for a malformed name or someone selling
+    nothing."""
     if not _USERNAME.fullmatch(user):
         raise PageError(404, "There is no such user.")
-    campaigns = gateway.owner_campaigns(get_store(), user)
-    if not campaigns:
+    count = gateway.campaign_count(get_store(), user)
+    if not count:
         raise PageError(404, f"User {user} has no ad campaigns.", _back("sellers", "All sellers"))
-    return campaigns
+    return count
+
+
+class _OwnerCampaigns:
+    """An owner's campaigns by index, as a sequence the Paginator can slice (one read a page).
+
+    Its length counts indexes drawn; a page leaves out the holes a crash or a refused create
+    left, so a page may show fewer rows than its size."""
+
+    def __init__(self, store, owner: str, count: int | None = None):
+        self.store, self.owner = store, owner
+        self.total = gateway.campaign_count(store, owner) if count is None else count
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, item: slice) -> list[dict]:
+        start, stop, _ = item.indices(self.total)
+        return gateway.campaigns_in_range(self.store, self.owner, start, stop)
 
 
 def _campaign_ref_or_404(user: str, n: str) -> int:
@@ -145,6 +169,7 @@ def _page_or_404(paginator: Paginator, number: str | None, what: str) -> Page:
 
 
 @login_required
+@_shows_errors
 def sell(request: HttpRequest) -> HttpResponse:
     store, clock = get_store(), get_clock()
     owner = request.user.username
@@ -152,18 +177,26 @@ def sell(request: HttpRequest) -> HttpResponse:
         form = CampaignForm(request.POST)
         if form.is_valid():
             data = form.cleaned_data
-            n = gateway.create_campaign(
-                store, clock, owner, data["min_price"], data["slot_hours"],
-                data["width"], data["height"], data["disallowed"],
-            )  # fmt: skip
-            messages.success(request, f"Campaign #{n} created.")
-            return redirect("sell")
+            try:
+                n = gateway.create_campaign(
+                    store, clock, owner, data["min_price"], data["slot_hours"],
+                    data["width"], data["height"], data["disallowed"],
+                    max_campaigns=settings.MAX_CAMPAIGNS_PER_USER,
+                )  # fmt: skip
+            except gateway.TooManyCampaigns as exc:
+                form.add_error(None, str(exc))
+            else:
+                messages.success(request, f"Campaign #{n} created.")
+                return redirect("sell")
         status = 400
     else:
         form, status = CampaignForm(), 200
     now = clock.now()
-    earnings = owner_earnings(store, owner)
-    site = request.build_absolute_uri("/").rstrip("/")
+    paginator = Paginator(_OwnerCampaigns(store, owner), CAMPAIGNS_PER_PAGE)
+    page = _page_or_404(paginator, request.GET.get("page"), "your campaigns")
+    campaigns = list(page.object_list)
+    earnings = owner_earnings(store, owner, [c["n"] for c in campaigns])
+    site = settings.SITE_URL
     rows = [
         {
             "row": services.campaign_row(c, now),
@@ -174,11 +207,12 @@ def sell(request: HttpRequest) -> HttpResponse:
                 f'height="{c["height"]}" style="border:0" loading="lazy" title="Ad"></iframe>'
             ),
         }
-        for c in gateway.owner_campaigns(store, owner)
+        for c in campaigns
     ]
     context = {
         "form": form,
         "campaigns": rows,
+        "page": page,
         "sale_fee_permille": settings.SALE_FEE_PERMILLE,
     }
     return render(request, "adspace/sell.html", context, status=status)
@@ -204,14 +238,24 @@ def my_ads(request: HttpRequest) -> HttpResponse:
     return render(request, "adspace/my_ads.html", context)
 
 
+@accepts_body_up_to(UPLOAD_MAX_BODY_BYTES)
 @login_required
 @_shows_errors
 def new_ad(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return render(request, "adspace/new_ad.html", {"form": AdForm(), "active_tab": "new_ad"})
+    store, username = get_store(), request.user.username
+    # Counted before the body is read: decoding is the costly part of an upload.
+    if not ratelimit.hit("upload", username, settings.UPLOAD_RATE_LIMIT, 3600):
+        raise PageError(429, TOO_MANY_UPLOADS, _back("my_ads", "Your ads"))
     # Refused from the declared length, before the body is read or parsed.
-    if _content_length(request) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+    if _content_length(request) > UPLOAD_MAX_BODY_BYTES:
         raise PageError(413, UPLOAD_TOO_LARGE, _back("new_ad", "Try another file"))
+    if gateway.filler_count(store, username) >= settings.MAX_ADS_PER_USER:
+        # Before the image is decoded: nothing could come of it.
+        raise PageError(
+            400, str(gateway.TooManyAds(settings.MAX_ADS_PER_USER)), _back("my_ads", "Your ads")
+        )
     try:
         form = AdForm(request.POST, request.FILES)
         valid = form.is_valid()
@@ -219,7 +263,8 @@ def new_ad(request: HttpRequest) -> HttpResponse:
         raise PageError(413, UPLOAD_TOO_LARGE, _back("new_ad", "Try another file"))
     except TooManyFieldsSent:
         raise PageError(400, "The form sent too many fields.", _back("new_ad", "Try another file"))
-    store, username = get_store(), request.user.username
+    if form.busy:
+        raise PageError(503, form.busy, _back("new_ad", "Try again"))
     if valid and services.nickname_in_use(store, username, form.cleaned_data["nickname"]):
         form.add_error("nickname", _nickname_taken(form.cleaned_data["nickname"]))
         valid = False
@@ -229,13 +274,26 @@ def new_ad(request: HttpRequest) -> HttpResponse:
         )
     data = form.cleaned_data
     image: images.ValidatedImage = data["validated"]
+    quota = settings.MAX_IMAGE_BYTES_PER_USER
+    try:
+        # The cap and the quota before anything is stored (see adspace.gateway, Caps): both
+        # read first, so only a lost race can leave a drawn index or a charge unused.
+        if gateway.image_bytes_used(store, username) + len(image.data) > quota:
+            raise gateway.ImageQuotaFull(quota)
+        index = gateway.reserve_filler_index(store, username, settings.MAX_ADS_PER_USER)
+        gateway.charge_image_bytes(store, username, len(image.data), quota)
+    except (gateway.TooManyAds, gateway.ImageQuotaFull) as exc:
+        form.add_error("image", str(exc))
+        return render(
+            request, "adspace/new_ad.html", {"form": form, "active_tab": "new_ad"}, status=400
+        )
     gateway.store_image(
         store, image.sha256, image.content_type, image.ext, image.data, image.width, image.height
     )
     try:
         gateway.create_filler(
             store, get_clock(), username, data["nickname"], data["hover_text"], data["url"],
-            data["width"], data["height"], image.sha256,
+            data["width"], data["height"], image.sha256, index=index,
         )  # fmt: skip
     except gateway.NicknameTaken:
         # Lost a race with another upload of the same name; the image stays (it is shared
@@ -329,9 +387,16 @@ def _seller_items(names: list[str], counts: dict[str, int]) -> str:
 
 @_shows_errors
 def seller(request: HttpRequest, user: str) -> HttpResponse:
-    campaigns = _seller_or_404(user)
+    count = _seller_or_404(user)
+    paginator = Paginator(_OwnerCampaigns(get_store(), user, count), CAMPAIGNS_PER_PAGE)
+    page = _page_or_404(paginator, request.GET.get("page"), f"{user}'s campaigns")
     now = get_clock().now()
-    context = {"owner": user, "campaigns": [services.campaign_row(c, now) for c in campaigns]}
+    context = {
+        "owner": user,
+        "page": page,
+        "total": count,
+        "campaigns": [services.campaign_row(c, now) for c in page.object_list],
+    }
     return render(request, "adspace/seller.html", context)
 
 
@@ -363,6 +428,8 @@ def _buy_form_context(request: HttpRequest, doc: dict) -> dict:
     if not request.user.is_authenticated:
         return {"ads": None}
     store, username = get_store(), request.user.username
+    if buy.is_own_campaign(username, doc):
+        return {"ads": None, "own": True}
     # The newest ads only: a page view must not read thousands of documents.
     count = gateway.filler_count(store, username)
     first = max(0, count - BUY_FORM_MAX_ADS)
@@ -397,6 +464,8 @@ def buy_slot(request: HttpRequest, user: str, n: str) -> HttpResponse:
         raise PageError(404, buy.CampaignMissing.message, _back("sellers", "All sellers"))
     except buy.FillerInvalid as exc:
         raise PageError(400, str(exc), (back, "Back to the campaign"))
+    except buy.OwnCampaign:
+        messages.error(request, buy.OwnCampaign.message)
     except buy.PriceChanged as exc:
         messages.warning(
             request,

@@ -1174,7 +1174,8 @@ class Processes:
     def start_gunicorn(self) -> None:
         # The arguments bin/serve uses (its defaults: 2 workers, 8 threads), on our loopback port.
         self.gunicorn = subprocess.Popen(
-            [GUNICORN, "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
+            [GUNICORN, "config.wsgi:application", "-c", "config/gunicorn.py",
+             "--bind", f"127.0.0.1:{self.port}",
              "--workers", "2", "--threads", "8", "--access-logfile", "-",
              "--graceful-timeout", "10", "--reuse-port"],
             cwd=ROOT, env=self.env, stdout=self._log("access.log"), stderr=self._log("gunicorn.log"),

@@ -93,9 +93,10 @@ def fill_uuid(s: int, y: int) -> str:
 
 
 def new_keylist_page(addresses: list[str], page_size: int) -> dict:
-    """`keylist::<z>`: the addresses cut into ranges of `page_size`, all unclaimed."""
-    if not addresses or len(addresses) % page_size:
-        raise ValueError(f"a huge-list page holds whole ranges of {page_size} addresses")
+    """`keylist::<z>`: the addresses cut into ranges of `page_size` (the last may be shorter),
+    all unclaimed."""
+    if not addresses:
+        raise ValueError("a huge-list page holds at least one address")
     ranges = [
         {"addresses": addresses[i : i + page_size], "claimUuid": None}
         for i in range(0, len(addresses), page_size)

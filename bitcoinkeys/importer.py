@@ -4,7 +4,8 @@ Two passes over a stream, never the whole input in memory: the first validates e
 the site's network and refuses the whole import if any line is bad; the second skips what is
 already imported (or repeated in the input), cuts the new addresses into huge-list pages of
 KEYPOOL_RANGES_PER_LIST_PAGE ranges of KEYPOOL_PAGE_SIZE and appends them as `keylist::<z>`, z
-from the `keylistcount` counter. Only whole ranges are imported; a smaller remainder is reported.
+from the `keylistcount` counter. Any number is imported: the last page may hold fewer ranges and
+its last range fewer addresses (dealt like any other: a key page built from it is simply short).
 
 Crash safety, in write order for each page:
 1. z = counter(keylistcount);
@@ -72,7 +73,6 @@ class ImportResult:
     would_pages: int = 0  # dry run: pages it would write
     duplicates: int = 0
     already: int = 0
-    remainder: list[tuple[int, str]] = field(default_factory=list)
     stopped: bool = False
     dry_run: bool = False
 
@@ -267,7 +267,7 @@ def import_addresses(
         result.imported += len(addresses)
         first, last = entries[0][1][0], entries[-1][1][0]
         say(
-            f"huge-list page {z}: {len(addresses)} addresses in {len(addresses) // page_size} "
+            f"huge-list page {z}: {len(addresses)} addresses in {-(-len(addresses) // page_size)} "
             f"ranges ({PLURAL.get(unit, unit)} {first}-{last})",
             1,
         )
@@ -322,15 +322,13 @@ def import_addresses(
                 break
             if not dry_run and lease.cas is not None and buffer:
                 lease.renew()
-        if not result.stopped:
-            entries = list(buffer.items())
-            whole = len(entries) // page_size * page_size
-            if whole and dry_run:
+        if not result.stopped and buffer:
+            # The last, short page: whatever is left, its last range as short as it comes.
+            if dry_run:
                 result.would_pages += 1
-                result.imported += whole
-            elif whole:
-                flush(entries[:whole])
-            result.remainder = [(where, address) for address, (where, _) in entries[whole:]]
+                result.imported += len(buffer)
+            else:
+                flush(list(buffer.items()))
     except Exception:
         lease.release()
         raise

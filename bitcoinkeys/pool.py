@@ -617,9 +617,11 @@ def pool_levels(store: Store) -> dict:
     current = _list_current(store)
     try:
         ranges = store.get(g.keylist_key(current)).value["ranges"]
-        free_here = sum(1 for entry in ranges if entry["claimUuid"] is None)
+        free = [entry for entry in ranges if entry["claimUuid"] is None]
+        # Counted, not multiplied: an import's last range may be short.
+        free_here, free_addresses_here = len(free), sum(len(e["addresses"]) for e in free)
     except NotFound:
-        free_here = 0
+        free_here = free_addresses_here = 0
     untouched = max(0, last - current)  # pages after the current one: not yet dealt from
     try:
         alert = store.get(g.KEYPOOL_ALERT).value
@@ -635,6 +637,7 @@ def pool_levels(store: Store) -> dict:
         "currentListPage": current,
         "listPagesLeft": max(0, last + 1 - current),
         "freeRangesOnCurrentPage": free_here,
-        "freeAddressesOnList": (free_here + untouched * ranges_per_page) * page_size,
+        # Later pages are estimated as full (only an import's last page is short).
+        "freeAddressesOnList": free_addresses_here + untouched * ranges_per_page * page_size,
         "alert": alert,
     }

@@ -22,7 +22,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from accounts import locks, ratelimit
+from accounts import locks, ratelimit, twofactor
 from accounts.gateway import ensure_account
 from accounts.money import (
     MAX_SATS,
@@ -46,6 +46,9 @@ OUTCOME_UNKNOWN = (
     "We could not confirm that your request went through. It will complete or be undone "
     "automatically within a minute; you will never be charged twice. Your withdrawals page "
     "shows the result."
+)
+CODE_NEEDED = (
+    "Enter the current code from your authenticator app (each code works once) to confirm."
 )
 _SPACE = re.compile(r"\s")
 
@@ -82,9 +85,19 @@ class WithdrawForm(forms.Form):
         regex=r"\A[0-9a-f]{32}\Z", required=False, widget=forms.HiddenInput
     )
 
-    def __init__(self, *args, balance: int, **kwargs):
+    def __init__(self, *args, balance: int, needs_code: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.balance = balance
+        if needs_code:
+            # Two-factor users confirm each withdrawal with a current code (accounts.twofactor).
+            self.fields["code"] = forms.CharField(
+                label="Code from your authenticator app",
+                max_length=20,
+                required=False,
+                widget=forms.TextInput(
+                    attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}
+                ),
+            )
         if not self.is_bound and not self.initial.get("submission"):
             self.initial["submission"] = secrets.token_hex(16)
         # Read per form, not at import, so a changed setting applies without a restart of tests.
@@ -197,8 +210,9 @@ def withdraw(request: HttpRequest) -> HttpResponse:
     store, clock = get_store(), get_clock()
     username = request.user.username
     balance = ensure_account(store, clock, username).value["balance"]
+    needs_code = request.user.has_2fa
     if request.method != "POST":
-        return _page(request, WithdrawForm(balance=balance), balance)
+        return _page(request, WithdrawForm(balance=balance, needs_code=needs_code), balance)
     action = request.POST.get("action", "withdraw")
     if action == "max":
         # Fill in, do not send: the person sees the amount, fee and total and confirms.
@@ -207,8 +221,9 @@ def withdraw(request: HttpRequest) -> HttpResponse:
             "address": request.POST.get("address", ""),
             "submission": request.POST.get("submission", ""),
         }
-        return _page(request, WithdrawForm(initial=initial, balance=balance), balance)
-    form = WithdrawForm(request.POST, balance=balance)
+        form = WithdrawForm(initial=initial, balance=balance, needs_code=needs_code)
+        return _page(request, form, balance)
+    form = WithdrawForm(request.POST, balance=balance, needs_code=needs_code)
     valid = form.is_valid()
     if action == "preview":
         return _page(request, form, balance, 200 if valid else 400)
@@ -217,6 +232,14 @@ def withdraw(request: HttpRequest) -> HttpResponse:
     if not ratelimit.hit("withdraw", username, settings.WITHDRAW_RATE_LIMIT, 3600):
         form.add_error(None, "You have requested many withdrawals in the last hour; try later.")
         return _page(request, form, balance, 429)
+    if needs_code:
+        # Checked last, so a code is used up only by a request that is otherwise ready to go.
+        if not twofactor.attempt_allowed(request.user):
+            form.add_error("code", ratelimit.TOO_MANY_ATTEMPTS)
+            return _page(request, form, balance, 429)
+        if not twofactor.verify(request.user, form.cleaned_data.get("code", "")):
+            form.add_error("code", CODE_NEEDED)
+            return _page(request, form, balance, 400)
     amount, address = form.cleaned_data["amount"], form.cleaned_data["address"]
     submission = form.cleaned_data.get("submission") or None
     try:

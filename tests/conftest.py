@@ -20,6 +20,8 @@ pytest_plugins = ["tests.regtest"]
 
 T0 = 1_700_000_000
 PASSWORD = "correct-horse-battery-9"
+# The TOTP secret of staff users made by `make_user` (pyotp.TOTP(...).at(clock.now()) is a code).
+STAFF_TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +56,9 @@ def make_user(db, store, clock):
     def make(username: str, balance: int = 0, staff: bool = False):
         user = User.objects.create_user(username=username, password=PASSWORD)
         if staff:
+            # Staff reach the admin only with two-factor authentication on (accounts/admin.py).
             user.is_staff = user.is_superuser = True
+            user.totp_secret = STAFF_TOTP_SECRET
             user.save()
         ensure_account(store, clock, username)
         if balance:

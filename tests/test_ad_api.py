@@ -115,19 +115,20 @@ def test_the_key_may_come_in_the_query_string(client, world, key):
     assert client.get(f"{URL}?key=nope").status_code == 403
 
 
-def test_the_image_url_names_the_host_each_request_came_to(client, store, clock, world, key):
+def test_the_image_url_is_on_site_url_whatever_host_and_port_were_asked(
+    client, store, clock, world, key
+):
     sell(store, clock)
-    for host in ("localhost", "127.0.0.1", "localhost"):
+    for host in ("localhost", "127.0.0.1:6666", "testserver:8443"):
         image = ask(client, key, HTTP_HOST=host).json()["ad"]["image"]
-        assert image == f"http://{host}/img/{SHA}.png"
+        assert image == f"http://testserver/img/{SHA}.png"
 
 
-def test_a_proxy_setting_turned_on_is_followed_at_once(client, store, clock, world, key, settings):
+def test_a_changed_site_url_is_followed_at_once(client, store, clock, world, key, settings):
     sell(store, clock)
-    forwarded = {"HTTP_X_FORWARDED_HOST": "localhost"}
-    assert ask(client, key, **forwarded).json()["ad"]["image"].startswith("http://testserver/")
-    settings.USE_X_FORWARDED_HOST = True
-    assert ask(client, key, **forwarded).json()["ad"]["image"].startswith("http://localhost/")
+    assert ask(client, key).json()["ad"]["image"].startswith("http://testserver/")
+    settings.SITE_URL = "https://ads.example.com"
+    assert ask(client, key).json()["ad"]["image"].startswith("https://ads.example.com/img/")
 
 
 def test_a_non_bearer_authorization_is_no_key(client, world, key):
@@ -146,7 +147,6 @@ def test_odd_keys_are_refused_not_crashed_on(client, world):
 @pytest.mark.parametrize(
     "url",
     [
-        "/api/v1/ads/nobody/0/current",
         "/api/v1/ads/sam/1/current",
         "/api/v1/ads/sam/07/current",
         "/api/v1/ads/sam/-1/current",
@@ -329,8 +329,8 @@ def test_the_51st_request_in_a_slot_is_429_and_the_next_slot_resets_it(
     assert "50" in refused.json()["error"]
     assert int(refused["Retry-After"]) == first.ends_at - 30 - clock.now()
     assert refused["Access-Control-Allow-Origin"] == "*"
-    # Conditional requests count too: a client should wait for max-age instead of polling.
-    assert ask(client, key, HTTP_IF_NONE_MATCH="*").status_code == 429
+    # A revalidation of the answer the client holds is a free 304, even past the allowance.
+    assert ask(client, key, HTTP_IF_NONE_MATCH="*").status_code == 304
     clock.set(second.starts_at - 30)
     assert ask(client, key).status_code == 200
 
@@ -421,3 +421,95 @@ def test_an_allowance_of_zero_turns_the_limit_off(client, store, clock, world, k
     sell(store, clock)
     for _ in range(60):
         assert ask(client, key).status_code == 200
+
+
+def test_304_answers_do_not_use_up_the_allowance(client, store, clock, world, key, settings):
+    settings.API_REQUESTS_PER_SLOT = 3
+    sell(store, clock)
+    etag = ask(client, key)["ETag"]
+    for _ in range(20):
+        assert ask(client, key, HTTP_IF_NONE_MATCH=etag).status_code == 304
+    assert ask(client, key).status_code == 200
+    assert ask(client, key).status_code == 200
+    assert ask(client, key).status_code == 429
+
+
+def test_an_unknown_user_answers_exactly_like_a_wrong_key(client, store, clock, world, key):
+    sell(store, clock)
+    wrong_key = client.get(URL, HTTP_AUTHORIZATION="Bearer " + "z" * 32)
+    no_user = client.get("/api/v1/ads/nobody/0/current", HTTP_AUTHORIZATION=f"Bearer {key}")
+    no_user_query = client.get("/api/v1/ads/nobody/0/current?key=" + "x" * 32)
+    for response in (no_user, no_user_query):
+        assert response.status_code == wrong_key.status_code == 403
+        assert response.content == wrong_key.content
+        assert response["Cache-Control"] == wrong_key["Cache-Control"]
+
+
+def test_the_access_log_never_carries_the_query_string(tmp_path):
+    import logging
+    import runpy
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+
+    config = Config()
+    for name, value in runpy.run_path("config/gunicorn.py").items():
+        if name in config.settings:
+            config.set(name, value)
+    log_file = tmp_path / "access.log"
+    config.set("accesslog", str(log_file))
+    logger = Logger(config)
+    request = SimpleNamespace(
+        headers=[],
+        uri="/api/v1/ads/sam/0/current?key=SECRETKEY123",
+        path="/api/v1/ads/sam/0/current",
+        query="key=SECRETKEY123",
+        method="GET",
+        version=(1, 1),
+    )
+    response = SimpleNamespace(status="200 OK", sent=10, headers=[], response_length=10)
+    environ = {
+        "REMOTE_ADDR": "203.0.113.5",
+        "RAW_URI": request.uri,
+        "QUERY_STRING": request.query,
+        "REQUEST_METHOD": "GET",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "PATH_INFO": request.path,
+    }
+    logger.access(response, request, environ, timedelta(milliseconds=3))
+    for handler in logger.access_log.handlers:
+        handler.flush()
+    line = log_file.read_text()
+    assert "/api/v1/ads/sam/0/current" in line
+    assert "SECRETKEY123" not in line and "key=" not in line
+    logging.getLogger("gunicorn.access").handlers.clear()
+
+
+def test_bin_serve_and_the_soak_run_gunicorn_with_that_configuration():
+    from pathlib import Path
+
+    assert "-c config/gunicorn.py" in Path("bin/serve").read_text()
+    assert '"-c", "config/gunicorn.py"' in Path("bench/soak.py").read_text()
+    assert "-c config/gunicorn.py" in Path("docs/production.md").read_text()
+
+
+def test_a_key_in_a_logged_url_is_redacted(caplog):
+    import logging
+
+    from accounts.logfilters import RedactApiKeys
+
+    record = logging.LogRecord(
+        "django.server",
+        logging.INFO,
+        __file__,
+        1,
+        '"GET %s HTTP/1.1" 200 5',
+        ("/api/v1/ads/sam/0/current?a=1&key=SECRETKEY123&b=2",),
+        None,
+    )
+    assert RedactApiKeys().filter(record)
+    message = record.getMessage()
+    assert "SECRETKEY123" not in message
+    assert "key=[redacted]&b=2" in message

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pyotp
 import pytest
 
 from accounts.models import User
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, STAFF_TOTP_SECRET
 
 pytestmark = pytest.mark.django_db
 
@@ -24,10 +25,15 @@ def logged_in_as(client) -> str | None:
     return User.objects.get(pk=user_id).username if user_id else None
 
 
-def test_the_right_password_still_logs_staff_in(client, staff):
+def test_the_right_password_takes_staff_to_the_code_then_in(client, clock, staff):
     response = admin_log_in(client, "staffer")
+    assert response.status_code == 302 and response.url == "/accounts/login/code/"
+    assert logged_in_as(client) is None  # the password alone is not a login
+    code = pyotp.TOTP(STAFF_TOTP_SECRET).at(clock.now())
+    response = client.post("/accounts/login/code/", {"code": code})
     assert response.status_code == 302 and response.url == "/admin/"
     assert logged_in_as(client) == "staffer"
+    assert client.get("/admin/").status_code == 200
 
 
 def test_guessing_a_staff_password_is_cut_off_with_429(client, staff, settings):
@@ -58,4 +64,30 @@ def test_the_admin_limit_resets_with_the_next_window(client, clock, staff, setti
     admin_log_in(client, "staffer", "nope")
     assert admin_log_in(client, "staffer").status_code == 429
     clock.advance(settings.RATE_LIMIT_WINDOW_SECONDS)
+    response = admin_log_in(client, "staffer")
+    assert response.status_code == 302 and response.url == "/accounts/login/code/"
+
+
+def test_staff_signing_in_rightly_never_use_up_the_budget(client, staff, settings):
+    settings.LOGIN_RATE_LIMIT = 2
+    for _ in range(5):
+        response = admin_log_in(client, "staffer")
+        assert response.status_code == 302 and response.url == "/accounts/login/code/"
+        client.post("/accounts/logout/")
+    assert admin_log_in(client, "staffer", "wrong").status_code == 200
     assert admin_log_in(client, "staffer").status_code == 302
+
+
+def test_wrong_admin_passwords_past_the_username_limit_are_answered_slowly(
+    client, staff, settings, monkeypatch
+):
+    from accounts import ratelimit
+
+    pauses = []
+    monkeypatch.setattr(ratelimit, "_pause", pauses.append)
+    settings.LOGIN_RATE_LIMIT = 2
+    admin_log_in(client, "staffer", "wrong1", REMOTE_ADDR="10.0.0.1")
+    admin_log_in(client, "staffer", "wrong2", REMOTE_ADDR="10.0.0.2")
+    assert pauses == []
+    admin_log_in(client, "staffer", "wrong3", REMOTE_ADDR="10.0.0.3")
+    assert pauses == [settings.LOGIN_FAILURE_DELAY_SECONDS]

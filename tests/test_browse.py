@@ -82,6 +82,19 @@ def test_a_seller_page_lists_their_campaigns(client, store, clock, buyer):
     assert '<td class="num">1</td>' in html  # slots sold
 
 
+def test_a_seller_page_lists_twenty_campaigns_a_page(client, store, clock):
+    for _ in range(41):
+        gateway.create_campaign(store, clock, "sam", 300_000, 24, 300, 250, [])
+    first = client.get("/ads/buy-ad-space/sam/").content.decode()
+    assert "sam sells 41 ad campaigns" in first
+    assert 'href="/ads/buy-ad-space/sam/19"' in first
+    assert 'href="/ads/buy-ad-space/sam/20"' not in first
+    third = client.get("/ads/buy-ad-space/sam/?page=3").content.decode()
+    assert 'href="/ads/buy-ad-space/sam/40"' in third
+    assert 'href="/ads/buy-ad-space/sam/39"' not in third
+    assert client.get("/ads/buy-ad-space/sam/?page=4").status_code == 404
+
+
 @pytest.mark.parametrize("user", ["nobody", "a" * 33, "bad-name", "b%C3%B6b"])
 def test_an_unknown_or_malformed_seller_is_a_404(client, user):
     response = client.get(f"/ads/buy-ad-space/{user}/")

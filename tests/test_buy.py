@@ -9,6 +9,7 @@ from accounts.adjust import adjust_balance
 from accounts.gateway import ensure_account, get_account
 from accounts.recovery import run_recovery
 from adspace import buy, gateway
+from docstore import NotFound
 from tests.invariants import assert_audit_clean, assert_each_sale_charged_once
 
 M = 100_000
@@ -85,6 +86,22 @@ def test_ad_of_the_wrong_size_is_refused(store, clock, market):
 def test_someone_elses_ad_is_refused(store, clock, market):
     with pytest.raises(buy.FillerInvalid):
         buy.buy_next_slot(store, clock, "bob", "sam", market, 7, HUGE)
+
+
+def test_a_seller_cannot_buy_their_own_slot_and_is_not_charged(store, clock, market):
+    adjust_balance(store, clock, "sam", 1_000_000, "funding")
+    gateway.create_filler(store, clock, "sam", "mine", "h", "https://x.test/", 300, 250, "0")
+    before = store.get(gateway.campaign_key("sam", market))
+    account = get_account(store, "sam")
+    with pytest.raises(buy.OwnCampaign) as refused:
+        buy.buy_next_slot(store, clock, "sam", "sam", market, 0, HUGE)
+    assert "your own campaign" in str(refused.value)
+    assert get_account(store, "sam").cas == account.cas  # no lock taken, nothing charged
+    assert store.get(gateway.campaign_key("sam", market)).cas == before.cas
+    with pytest.raises(NotFound):
+        store.get(gateway.slot_key("sam", market, 0))
+    # Others still buy it at the minimum: the seller could not double the next price.
+    assert buy.buy_next_slot(store, clock, "bob", "sam", market, 0, M).price == M
 
 
 def test_unknown_campaign_is_refused(store, clock, market):

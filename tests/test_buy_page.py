@@ -273,5 +273,21 @@ def test_not_logged_in_a_buy_redirects_to_login(client, store, campaign):
     assert store.dump() == before
 
 
+def test_the_seller_is_told_they_cannot_buy_their_own_slot_and_pays_nothing(
+    client, store, clock, campaign, make_user
+):
+    sam = make_user("sam", balance=10_000_000)
+    gateway.create_filler(store, clock, "sam", "mine", "h", "https://a.test/", 300, 250, "0")
+    client.force_login(sam)
+    page = client.get(PAGE).content.decode()
+    assert "This is your own campaign" in page and 'name="accepted_price"' not in page
+    before = store.dump()
+    response = client.post(BUY, {"filler": "0", "accepted_price": str(10 * M)}, follow=True)
+    assert response.redirect_chain == [(PAGE, 302)]
+    assert messages_of(response) == [buy.OwnCampaign.message]
+    assert store.dump() == before
+    assert balance(store, "sam") == 10_000_000
+
+
 def test_a_get_of_the_buy_url_is_a_405(me, campaign, ad):
     assert me.get(BUY).status_code == 405

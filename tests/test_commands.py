@@ -33,7 +33,7 @@ def alice(make_user):
 
 
 def test_init_docstore_creates_the_schema_doc_once(store):
-    assert "created meta::schema" in run("init_docstore")
+    assert "created meta::schema" in run("init_docstore", verbosity=2)
     assert store.get("meta::schema").value == {"version": 1}
     assert "nothing to create" in run("init_docstore")
     assert store.get("meta::schema").value == {"version": 1}
@@ -48,14 +48,27 @@ def test_init_docstore_runs_what_other_apps_register(store, monkeypatch):
             return []
 
     monkeypatch.setattr(workers, "_inits", [*workers._inits, init_keysets])
-    assert "created keyset::0" in run("init_docstore")
-    assert "created keyset::0" not in run("init_docstore")
+    assert "created keyset::0" in run("init_docstore", verbosity=2)
+    assert "created keyset::0" not in run("init_docstore", verbosity=2)
 
 
 def test_init_docstore_refuses_a_newer_schema(store):
     store.insert("meta::schema", {"version": 99})
     with pytest.raises(CommandError, match="version 99"):
         run("init_docstore")
+
+
+def test_init_docstore_prints_one_summary_line_on_a_fresh_store(store, settings):
+    settings.KEYPOOL_SETS = 1000  # the production pool: a thousand key sets
+    out = run("init_docstore")
+    assert out.strip().splitlines() == ["Docstore ready: 1002 documents created."]
+    assert store.get("keyset::999").value == {"page": 0}
+
+
+def test_init_docstore_lists_each_document_at_verbosity_2(store):
+    lines = run("init_docstore", verbosity=2).splitlines()
+    assert "created meta::schema" in lines and "created keyset::0" in lines
+    assert lines[-1].startswith("Docstore ready:")
 
 
 def test_init_docstore_is_quiet_at_verbosity_0(store):

@@ -393,7 +393,7 @@ SELLING = [
     Case("sell-template-in-hours", post(SELL, sell_form(slot_hours=TEXT), **SELLER), (400,), (BAD_HOURS, TEXT)),
     Case("sell-sql-in-width", post(SELL, sell_form(width=SQL), **SELLER), (400,), "Ad width must be a whole number of pixels"),
     Case("sell-markup-as-category-shown-back-escaped", post(SELL, {**sell_form(), "disallowed": [XSS]}, **SELLER), (400,), ("is not one of the categories you can refuse", escape(XSS))),
-    Case("sell-ten-thousand-fields", post(SELL, {**sell_form(), "disallowed": ["Porn"] * 10_000}, **SELLER), (400,), "Bad Request (400)"),
+    Case("sell-ten-thousand-fields", post(SELL, {**sell_form(), "disallowed": ["Porn"] * 10_000}, **SELLER), (413,), "The request is too large"),
     wrong_method("sell-delete", "DELETE", SELL, "seller"),
 ]
 
@@ -471,7 +471,7 @@ WITHDRAWING = [
     Case("withdraw-overlong-amount", post(WITHDRAW, withdraw_form(amount=LONG_DIGITS)), (400,), "That is too long to be an amount in BTC."),
     Case("withdraw-nine-decimals", post(WITHDRAW, withdraw_form(amount="0.030000001")), (400,), "at most 8 decimal places"),
     Case("withdraw-form-declared-as-utf16", post(WITHDRAW, "action=withdraw&amount=0.03&address=" + ADDR_A, content_type="application/x-www-form-urlencoded; charset=utf-16"), (400,), "Bad Request (400)"),
-    Case("withdraw-4mb-form-body", post(WITHDRAW, urlencode(withdraw_form(address="a" * (4 * 1024 * 1024))), content_type="application/x-www-form-urlencoded"), (400,), "Bad Request (400)"),
+    Case("withdraw-4mb-form-body", post(WITHDRAW, urlencode(withdraw_form(address="a" * (4 * 1024 * 1024))), content_type="application/x-www-form-urlencoded"), (413,), "The request is too large"),
     Case("withdraw-more-than-the-balance", post(WITHDRAW, withdraw_form(amount="20999999")), (400,), "You can withdraw at most"),
     Case("withdraw-markup-as-address", post(WITHDRAW, withdraw_form(address=XSS)), (400,), "Not a bitcoin address"),
     Case("withdraw-javascript-as-address", post(WITHDRAW, withdraw_form(address="javascript:alert(1)")), (400,), "Not a bitcoin address"),

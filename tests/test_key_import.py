@@ -1,4 +1,5 @@
-"""`manage.py import_keys`: validation first, whole ranges only, repeats skipped, crash-safe."""
+"""`manage.py import_keys`: validation first, any count (the last range short), repeats skipped,
+non-zero exit when nothing is imported, crash-safe."""
 
 from __future__ import annotations
 
@@ -85,19 +86,66 @@ def test_a_file_becomes_huge_list_pages_of_whole_ranges(tmp_path, store, watched
     assert "Imported 12 addresses into huge-list pages 0-1." in out
 
 
-def test_a_last_partial_page_keeps_only_whole_ranges_and_says_what_was_left(tmp_path, store):
+def test_a_count_of_no_whole_ranges_is_all_imported_its_last_range_short(tmp_path, store):
     keys = addresses(0, PER_LIST_PAGE + PAGE + 2)
     out = run(write_lines(tmp_path, keys))
 
     assert list_pages(store) == [
         [list(keys[0:3]), list(keys[3:6])],
-        [list(keys[6:9])],
+        [list(keys[6:9]), list(keys[9:11])],
     ]
-    assert "2 addresses were NOT imported (lines 10-11)" in out
-    assert "whole ranges of 3" in out
+    assert "Imported 11 addresses into huge-list pages 0-1." in out
+    assert "NOT imported" not in out
     for address in keys[-2:]:
-        with pytest.raises(NotFound):
-            store.get(g.imported_key(address))
+        assert store.get(g.imported_key(address)).value["page"] == 1
+
+
+def test_twelve_addresses_at_the_production_shape_are_imported_and_all_dealt(
+    tmp_path, store, clock, settings
+):
+    from accounts.gateway import ensure_account
+    from tests.invariants import assert_audit_clean
+
+    settings.KEYPOOL_PAGE_SIZE, settings.KEYPOOL_RANGES_PER_LIST_PAGE = 100, 100
+    settings.KEYPOOL_SETS = 1  # one set, so every deal meets the one short range
+    keys = addresses(0, 12)
+    assert "Imported 12 addresses into huge-list page 0." in run(write_lines(tmp_path, keys))
+    dealt = []
+    for i in range(12):
+        ensure_account(store, clock, f"user{i}")
+        dealt.append(pool.get_deposit_address(store, clock, f"user{i}"))
+    assert sorted(dealt) == sorted(keys)
+    ensure_account(store, clock, "late")
+    with pytest.raises(pool.OutOfKeys):
+        pool.get_deposit_address(store, clock, "late")
+    assert pool.pool_levels(store)["freeAddressesOnList"] == 0
+    assert_audit_clean(store)
+
+
+def test_an_import_that_imports_nothing_exits_non_zero(tmp_path, store):
+    import subprocess
+    import sys as system
+
+    path = write_lines(tmp_path, addresses(0, 4))
+    run(path)
+    with pytest.raises(CommandError, match="Nothing was imported"):
+        run(path)
+    with pytest.raises(CommandError, match="nothing new would be imported"):
+        run(path, dry_run=True)
+    # And as a process: what a refill script sees.
+    env = {
+        **__import__("os").environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.dev",
+        "DOCSTORE_PATH": str(tmp_path / "process-store.sqlite3"),  # not the test's own store
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "CACHE_URL": f"filecache://{tmp_path / 'cache'}",
+    }
+    command = [system.executable, "manage.py", "import_keys", path]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0
+    assert "Nothing was imported" in again.stderr
 
 
 def test_one_bad_line_refuses_the_whole_file_and_names_it(tmp_path, store):
@@ -142,9 +190,10 @@ def test_running_the_same_import_again_imports_nothing_and_writes_nothing(tmp_pa
     result = importer.import_addresses(HookedStore(store, hook), None, items, "regtest")
     assert result.imported == 0 and result.already == PER_LIST_PAGE
     assert hook.writes == []
-    out = run(path)
-    assert "was already imported (huge-list page 0); skipped" in out
-    assert "Nothing new to import." in out
+    out = StringIO()
+    with pytest.raises(CommandError, match="Nothing was imported"):
+        call_command("import_keys", path, stdout=out, stderr=StringIO())
+    assert "was already imported (huge-list page 0); skipped" in out.getvalue()
 
 
 def test_a_second_file_overlapping_the_first_adds_only_the_new_addresses(tmp_path, store):
@@ -199,17 +248,16 @@ def test_a_huge_line_is_reported_without_reading_it_into_memory(tmp_path):
         run(str(path))
 
 
-def test_quiet_runs_print_nothing_but_what_was_left_out(tmp_path):
+def test_quiet_runs_print_nothing(tmp_path, store):
     assert run(write_lines(tmp_path, addresses(0, PER_LIST_PAGE)), verbosity=0) == ""
-    out = run(write_lines(tmp_path, addresses(20, 24), "b.txt"), verbosity=0)
-    assert out.strip().startswith("1 addresses were NOT imported")
+    assert run(write_lines(tmp_path, addresses(20, 24), "b.txt"), verbosity=0) == ""
+    assert store.get(g.imported_key(addresses(23, 24)[0])).value["page"] == 1
 
 
 def test_a_dry_run_counts_and_writes_nothing(tmp_path, store):
     path = write_lines(tmp_path, addresses(0, PER_LIST_PAGE + 4))
     out = run(path, dry_run=True)
-    assert "would import 9 addresses into 2 huge-list pages" in out
-    assert "1 addresses were NOT imported" in out
+    assert "would import 10 addresses into 2 huge-list pages" in out
     with pytest.raises(NotFound):
         store.get(g.KEYLIST_COUNT)
 
@@ -219,9 +267,12 @@ def test_a_dry_run_counts_and_writes_nothing(tmp_path, store):
 
 def test_an_xpub_range_is_derived_and_imported(store, watched):
     out = run(xpub=VPUB, start=0, end=PER_LIST_PAGE + 1)
-    assert list_pages(store) == [[list(addresses(0, 3)), list(addresses(3, 6))]]
+    assert list_pages(store) == [
+        [list(addresses(0, 3)), list(addresses(3, 6))],
+        [list(addresses(6, 7))],
+    ]
     assert "deriving 7 addresses, m/0/0 to m/0/6" in out
-    assert "1 addresses were NOT imported (indexes 6-6)" in out
+    assert "Imported 7 addresses into huge-list pages 0-1." in out
 
 
 def test_an_xpub_of_another_network_is_refused(store):
@@ -310,7 +361,8 @@ def test_watch_is_a_no_op_without_a_chain_module(monkeypatch):
 
 # --- the import under every crash point -------------------------------------------------------
 
-# Pages of 2 ranges of 2 addresses here: one whole page, one range on a last page, one left over.
+# Pages of 2 ranges of 2 addresses here: one whole page, then a last page of a whole range and a
+# short one.
 CRASH_PAGE = 2
 CRASH_KEYS = addresses(100, 107)
 
@@ -334,14 +386,12 @@ def crash_check(world: World) -> None:
     store = world.store
     pages = [p for p in list_pages(store) if p is not None]
     flat = [a for page in pages for r in page for a in r]
-    assert sorted(flat) == sorted(CRASH_KEYS[:-1]), "every whole range imported exactly once"
-    assert all(len(r) == CRASH_PAGE for page in pages for r in page)
+    assert sorted(flat) == sorted(CRASH_KEYS), "every address imported exactly once"
+    assert all(1 <= len(r) <= CRASH_PAGE for page in pages for r in page)
     for z, page in enumerate(list_pages(store)):
         for r in page or []:
             for address in r:
                 assert store.get(g.imported_key(address)).value["page"] == z
-    with pytest.raises(NotFound):
-        store.get(g.imported_key(CRASH_KEYS[-1]))
 
 
 def test_an_import_survives_every_crash_point_at_two_levels(settings):

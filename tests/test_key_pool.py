@@ -130,7 +130,7 @@ def test_init_creates_every_set_and_the_list_pointer_once(settings, store, clock
 def test_init_docstore_creates_the_key_sets(settings, store):
     tiny_settings(settings)
     out = StringIO()
-    call_command("init_docstore", stdout=out)
+    call_command("init_docstore", stdout=out, verbosity=2)
     assert "created keyset::2" in out.getvalue() and "created keylist::current" in out.getvalue()
 
 

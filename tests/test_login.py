@@ -125,15 +125,63 @@ def test_too_many_attempts_from_one_address_get_429(client, seller, settings):
     assert logged_in_as(client) is None
 
 
-def test_too_many_attempts_on_one_username_get_429_from_any_address(client, seller, settings):
+def test_failures_on_one_username_never_lock_out_the_right_password(client, seller, settings):
     settings.LOGIN_RATE_LIMIT = 3
-    for i in range(3):
+    for i in range(10):
         log_in(client, "Seller", "nope", REMOTE_ADDR=f"10.0.0.{i}")
     response = log_in(client, "seller", REMOTE_ADDR="10.0.0.99")
+    assert response.status_code == 302
+    assert logged_in_as(client) == "seller"
+
+
+def test_wrong_passwords_past_a_usernames_failures_are_answered_slowly(
+    client, seller, settings, monkeypatch
+):
+    settings.LOGIN_RATE_LIMIT = 3
+    settings.LOGIN_FAILURE_DELAY_SECONDS = 2.5
+    pauses = []
+    monkeypatch.setattr("accounts.ratelimit._pause", pauses.append)
+    for i in range(3):
+        assert log_in(client, "seller", "nope", REMOTE_ADDR=f"10.0.1.{i}").status_code == 200
+    assert pauses == []
+    # Each from a fresh address, so only the username's count can slow them down.
+    assert log_in(client, "seller", "nope", REMOTE_ADDR="10.0.1.50").status_code == 200
+    assert pauses == [2.5]
+    # Another username is not slowed down.
+    assert log_in(client, "outsider", "nope", REMOTE_ADDR="10.0.1.51").status_code == 200
+    assert pauses == [2.5]
+
+
+@pytest.mark.parametrize("spelling", ["SELLER", "\uff53\uff45\uff4c\uff4c\uff45\uff52", " seller "])
+def test_look_alike_spellings_of_a_username_share_its_failures(
+    client, seller, settings, monkeypatch, spelling
+):
+    settings.LOGIN_RATE_LIMIT = 2
+    pauses = []
+    monkeypatch.setattr("accounts.ratelimit._pause", pauses.append)
+    for i in range(2):
+        log_in(client, "seller", "nope", REMOTE_ADDR=f"10.0.2.{i}")
+    # Full-width letters are NFKC-equal to "seller": Django authenticates them as that user.
+    log_in(client, spelling, "nope", REMOTE_ADDR="10.0.2.9")
+    assert len(pauses) == 1
+
+
+def test_successful_logins_do_not_use_up_the_clients_budget(client, seller, settings):
+    settings.LOGIN_RATE_LIMIT = 2
+    for _ in range(5):
+        assert log_in(client, "seller").status_code == 302
+        client.post("/accounts/logout/")
+    assert log_in(client, "seller", "nope").status_code == 200
+    assert log_in(client, "seller").status_code == 302
+
+
+def test_a_client_over_its_failures_is_refused_before_the_password_check(client, seller, settings):
+    settings.LOGIN_RATE_LIMIT = 2
+    for i in range(2):
+        log_in(client, f"user{i}", "nope")
+    response = log_in(client, "seller")
     assert response.status_code == 429
     assert logged_in_as(client) is None
-    # Another user from a fresh address is not affected.
-    assert log_in(client, "outsider", "nope", REMOTE_ADDR="10.0.0.98").status_code == 200
 
 
 def test_a_forwarded_for_header_does_not_escape_the_limit(client, seller, settings):

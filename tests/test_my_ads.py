@@ -235,3 +235,103 @@ def test_the_image_view_404s_for_unknown_images_and_bad_names(me, store, path):
     me.post(NEW, form())
     sha = gateway.get_filler(store, "buyer", 0)["image"]
     assert me.get(path.format(sha=sha)).status_code == 404
+
+
+# --- limits: uploads per hour, ads and image bytes per user, decoding at once ---------------------
+
+
+def test_uploads_past_the_hourly_limit_get_429_and_write_nothing(me, store, clock, settings):
+    settings.UPLOAD_RATE_LIMIT = 2
+    assert me.post(NEW, form(nickname="a")).status_code == 302
+    assert me.post(NEW, form(nickname="b", image=upload(b"not an image"))).status_code == 400
+    before = store.dump()
+    response = me.post(NEW, form(nickname="c"))
+    assert response.status_code == 429
+    assert "uploaded too many ads in the last hour" in response.content.decode()
+    assert store.dump() == before
+    clock.advance(3600)
+    assert me.post(NEW, form(nickname="c")).status_code == 302
+
+
+def test_ads_past_the_cap_are_refused_before_decoding_and_write_nothing(
+    me, store, settings, monkeypatch
+):
+    settings.MAX_ADS_PER_USER = 2
+    for name in ("a", "b"):
+        assert me.post(NEW, form(nickname=name)).status_code == 302
+    before = store.dump()
+    monkeypatch.setattr("adspace.images.validate_ad_image", lambda *a: pytest.fail("decoded"))
+    response = me.post(NEW, form(nickname="c"))
+    assert response.status_code == 400
+    assert "You have 2 ads, the most one account can have" in response.content.decode()
+    assert store.dump() == before
+
+
+def test_the_ad_cap_holds_when_uploads_race(store):
+    import threading
+
+    barrier = threading.Barrier(10)
+    drawn: list[int] = []
+    refused: list[Exception] = []
+
+    def reserve() -> None:
+        barrier.wait()
+        try:
+            drawn.append(gateway.reserve_filler_index(store, "bob", 4))
+        except gateway.TooManyAds as exc:
+            refused.append(exc)
+
+    threads = [threading.Thread(target=reserve) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(drawn) == [0, 1, 2, 3]
+    assert len(refused) == 6
+
+
+def test_images_past_the_byte_quota_are_refused_and_nothing_is_stored(me, store, settings):
+    first = me.post(NEW, form(nickname="a"))
+    assert first.status_code == 302
+    used = gateway.image_bytes_used(store, "buyer")
+    assert used > 0
+    settings.MAX_IMAGE_BYTES_PER_USER = used + 10  # the next image (~the same size) will not fit
+    before = store.dump()
+    response = me.post(NEW, form(nickname="b", image=upload(png(120, 60, (9, 9, 9)))))
+    assert response.status_code == 400
+    assert "the most one account can store" in response.content.decode()
+    assert store.dump() == before
+
+
+def test_an_upload_that_cannot_get_its_turn_to_decode_is_told_to_retry(me, store, monkeypatch):
+    from adspace import images
+
+    monkeypatch.setattr(images, "DECODE_WAIT_SECONDS", 0)
+    before = store.dump()
+    assert images._decode_slots.acquire(timeout=1)
+    try:
+        response = me.post(NEW, form())
+    finally:
+        images._decode_slots.release()
+    assert response.status_code == 503
+    assert "busy checking other images" in response.content.decode()
+    assert store.dump() == before
+
+
+def test_mutated_uploads_are_never_a_500_and_a_refusal_stores_nothing(me, store, settings):
+    from tests.test_ad_images import FUZZ_SIZE, fuzz_cases
+
+    settings.UPLOAD_RATE_LIMIT = 10_000
+    width, height = FUZZ_SIZE
+    statuses: dict[int, int] = {}
+    for i, data in enumerate(fuzz_cases(seed=4134, count=300)):
+        before = store.dump()
+        response = me.post(
+            NEW,
+            form(nickname=f"ad {i}", width=str(width), height=str(height), image=upload(data)),
+        )
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        assert response.status_code in (302, 400), f"case {i}: {response.status_code}"
+        if response.status_code == 400:
+            assert store.dump() == before, f"case {i} was refused but wrote to the store"
+    assert statuses.get(400, 0) > 100

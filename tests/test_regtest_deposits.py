@@ -11,7 +11,7 @@ import time
 from io import StringIO
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.urls import reverse
 from embit import bip32
 
@@ -92,10 +92,11 @@ def test_import_from_a_file_and_an_xpub_range_watches_every_address(regtest, tmp
     # from the genesis block.
     assert all(d["timestamp"] >= started - 7200 for d in listed)
     assert all(d["timestamp"] > 0 for d in listed)
-    # A second run of the same import changes nothing.
-    again = StringIO()
-    call_command("import_keys", "--xpub", tpub, "--from", "0", "--to", "20", stdout=again)
-    assert "Nothing new to import" in again.getvalue()
+    # A second run of the same import changes nothing, and says so with a failing exit.
+    with pytest.raises(CommandError, match="already in the pool"):
+        call_command("import_keys", "--xpub", tpub, "--from", "0", "--to", "20")
+    after = regtest.rpc("listdescriptors", wallet=regtest.deposit_wallet)["descriptors"]
+    assert {d["desc"] for d in after} == {d["desc"] for d in listed}
 
 
 def test_a_payment_is_pending_then_credited_once_at_the_required_confirmations(

@@ -37,3 +37,39 @@ def test_verbs_no_page_uses_are_refused_before_any_view(client, db, verb):
     response = getattr(client, verb)("/accounts/register/")
     assert response.status_code == 405
     assert "POST" in response["Allow"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/account/",
+        "/account/ads/",
+        "/ads/sell-ad-space/",
+        "/account/api-key/",
+        "/ads/buy-ad-space/",
+    ],
+)
+def test_signed_in_pages_are_private_and_never_stored(client, seller, url):
+    client.force_login(seller)
+    response = client.get(url)
+    assert response.status_code == 200
+    directives = {d.strip() for d in response["Cache-Control"].split(",")}
+    assert {"private", "no-store"} <= directives
+
+
+def test_shared_answers_keep_their_own_caching_when_signed_in(client, campaign, seller):
+    client.force_login(seller)
+    embed = client.get("/embed/seller/0")
+    assert embed["Cache-Control"].startswith("public, max-age=")
+
+
+def test_a_body_declared_too_large_is_refused_before_it_is_read(client, seller, settings):
+    client.force_login(seller)
+    body = "x=" + "a" * (settings.MAX_REQUEST_BODY_BYTES + 1)
+    response = client.post(
+        "/ads/sell-ad-space/", body, content_type="application/x-www-form-urlencoded"
+    )
+    assert response.status_code == 413
+    assert "too large" in response.content.decode()
+    bad = client.generic("POST", "/ads/sell-ad-space/", b"", CONTENT_LENGTH="12abc")
+    assert bad.status_code == 400

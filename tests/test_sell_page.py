@@ -115,3 +115,65 @@ def test_bad_input_is_refused_with_a_message_and_creates_nothing(
 def test_the_typed_values_are_kept_after_an_error(seller_client):
     html = seller_client.post(URL, {**GOOD, "width": "15"}).content.decode()
     assert 'value="15"' in html and 'value="250"' in html
+
+
+# --- caps and pages -----------------------------------------------------------------------------
+
+
+def test_campaigns_past_the_cap_are_refused_and_write_nothing(seller_client, store, settings):
+    settings.MAX_CAMPAIGNS_PER_USER = 3
+    for _ in range(3):
+        assert seller_client.post(URL, GOOD).status_code == 302
+    before = store.dump()
+    response = seller_client.post(URL, GOOD)
+    assert response.status_code == 400
+    assert "You have 3 campaigns, the most one account can have" in response.content.decode()
+    assert store.dump() == before
+    assert gateway.campaign_count(store, "seller") == 3
+
+
+def test_the_campaign_cap_holds_when_creates_race(store, clock):
+    import threading
+
+    barrier = threading.Barrier(12)
+    outcomes: list[object] = []
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            outcomes.append(
+                gateway.create_campaign(store, clock, "sam", 300_000, 24, 300, 250, [], 5)
+            )
+        except gateway.TooManyCampaigns as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    created = sorted(n for n in outcomes if isinstance(n, int))
+    assert created == [0, 1, 2, 3, 4]
+    assert [c["n"] for c in gateway.owner_campaigns(store, "sam")] == created
+    # A refused create left no directory entry and no campaign behind.
+    assert sorted(n for _, n in gateway.iter_campaign_refs(store)) == created
+
+
+def test_my_campaigns_are_listed_twenty_a_page(seller_client, store, clock):
+    for _ in range(45):
+        gateway.create_campaign(store, clock, "seller", 300_000, 24, 300, 250, [])
+    first = seller_client.get(URL).content.decode()
+    assert 'href="/ads/buy-ad-space/seller/19"' in first
+    assert 'href="/ads/buy-ad-space/seller/20"' not in first
+    assert "Page 1 of 3" in first
+    last = seller_client.get(URL + "?page=3").content.decode()
+    assert 'href="/ads/buy-ad-space/seller/44"' in last
+    assert 'href="/ads/buy-ad-space/seller/39"' not in last
+    assert seller_client.get(URL + "?page=4").status_code == 404
+
+
+def test_the_snippets_link_to_site_url_not_the_requests_host(seller_client, store, clock):
+    gateway.create_campaign(store, clock, "seller", 300_000, 24, 300, 250, [])
+    html = seller_client.get(URL, HTTP_HOST="localhost:6666").content.decode()
+    assert "http://testserver/embed/seller/0" in html
+    assert "6666" not in html

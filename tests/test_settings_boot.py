@@ -58,6 +58,7 @@ def production_env_file(project: Path, key: str = STRONG_KEY) -> str:
         f"SECRET_KEY={key}\n"
         "ALLOWED_HOSTS=ads.example.com\n"
         f"DATABASE_URL=sqlite:///{project / 'db.sqlite3'}\n"
+        "SITE_URL=https://ads.example.com\n"
     )
 
 
@@ -120,3 +121,12 @@ def test_the_debug_page_never_shows_the_bitcoind_password(rf: RequestFactory, se
     assert "127.0.0.1:8332" in page and "rpcuser" in page  # the rest of the URL still helps
     for secret in (rpc, cache, referer):
         assert secret not in page
+
+
+def test_production_without_its_public_address_refuses_to_start(project):
+    env_file = production_env_file(project).replace("SITE_URL=https://ads.example.com\n", "")
+    result = run(project, ["manage.py", "check"], env_file)
+    assert result.returncode != 0 and "SITE_URL is not set" in result.stderr
+    plain = production_env_file(project).replace("https://", "http://")
+    result = run(project, ["manage.py", "check"], plain)
+    assert result.returncode != 0 and "SITE_URL must be an https://" in result.stderr

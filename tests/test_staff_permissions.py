@@ -8,23 +8,16 @@ import re
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.contrib.messages import get_messages
 
 from accounts import locks
 from accounts.gateway import get_account
 from accounts.models import User
+from tests.conftest import STAFF_TOTP_SECRET
+from tests.test_admin_accounts import balance, texts
 from tests.test_admin_pages import payouts, refund_url  # noqa: F401 - the payouts fixture
 
 ADJUST_PAGE = "/admin/accounts/adjust/alice/"
 FINISH = "/admin/accounts/inspect/alice/finish-lock/"
-
-
-def texts(response) -> list[str]:
-    return [str(m) for m in get_messages(response.wsgi_request)]
-
-
-def balance(store, username: str) -> int:
-    return get_account(store, username).value["balance"]
 
 
 @pytest.fixture
@@ -40,6 +33,7 @@ def make_staff(make_user):
     def make(username: str, *codenames: str) -> User:
         user = make_user(username)
         user.is_staff = True
+        user.totp_secret = STAFF_TOTP_SECRET  # the admin needs 2FA
         user.save()
         for codename in codenames:
             user.user_permissions.add(Permission.objects.get(codename=codename))

@@ -91,11 +91,24 @@ def test_the_api_and_the_embed_answer_503(client, down_store):
 
 @pytest.mark.parametrize(
     "command, args",
-    [("audit", []), ("recover", ["--once"]), ("credit_sellers", ["--once"])],
+    [
+        ("audit", []),
+        ("recover", ["--once"]),
+        ("credit_sellers", ["--once"]),
+    ],
 )
 def test_commands_refuse_with_one_clear_error(down_store, command, args):
     with pytest.raises(CommandError, match="The docstore is not reachable"):
         call_command(command, *args, verbosity=0)
+
+
+def test_importing_keys_refuses_with_one_clear_error(down_store, tmp_path):
+    from tests.test_withdrawals import ADDR_A
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text(ADDR_A + "\n")
+    with pytest.raises(CommandError, match=r"cannot reach Couchbase.*Nothing is half-imported"):
+        call_command("import_keys", str(keys), verbosity=0)
 
 
 def test_manage_py_prints_one_line_and_no_traceback_when_the_cluster_is_down(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 
 import environ
@@ -31,6 +33,14 @@ DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
 SITE_NAME = env.str("SITE_NAME", default="Ad Space Market")
+# The site's public address ("https://ads.example.com"): absolute links given to other sites
+# (embed snippets, the embed's placeholder, the API's image and campaign links) are built from
+# it, never from the request's Host header, whose port and name a client chooses.
+SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
+if not re.fullmatch(r"https?://[^/?#\s]+", SITE_URL):
+    raise environ.ImproperlyConfigured(
+        f"SITE_URL must be an absolute http(s) address without a path, not {SITE_URL!r}"
+    )
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -49,7 +59,9 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "accounts.security.ContentSecurityPolicyMiddleware",
     "accounts.security.AllowedMethodsMiddleware",
+    "accounts.security.RequestBodyLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "accounts.security.PrivatePagesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -104,6 +116,12 @@ CACHES = {
     # A file cache is shared by every gunicorn worker on the machine, so rate limits hold across them.
     "default": env.cache("CACHE_URL", default=f"filecache://{BASE_DIR / 'var' / 'cache'}"),
 }
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.filebased.FileBasedCache":
+    # Culled without evicting live entries (rate-limit counters among them): see config/cache.py.
+    CACHES["default"]["BACKEND"] = "config.cache.FileCache"
+    CACHES["default"].setdefault("OPTIONS", {}).setdefault(
+        "MAX_ENTRIES", env.int("CACHE_MAX_ENTRIES", default=100_000)
+    )
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -130,8 +148,12 @@ STORAGES = {
     "staticfiles": {"BACKEND": "config.storage.StaticStorage"},
 }
 
+# Every request body is capped from its declared length before anything reads it
+# (accounts.security.RequestBodyLimitMiddleware); the ad upload's view allows its image (2 MB).
+MAX_REQUEST_BODY_BYTES = env.int("MAX_REQUEST_BODY_BYTES", default=64 * 1024)
+# Form fields (everything but files) are held in memory: no form here needs more.
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 # Uploads are read into memory and checked before anything is stored; keep the ceiling explicit.
-DATA_UPLOAD_MAX_MEMORY_SIZE = 3 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 3 * 1024 * 1024
 
 # --- docstore (DESIGN.md section 3) ---
@@ -182,9 +204,43 @@ ADJUST_CONFIRM_SECONDS = env.int("ADJUST_CONFIRM_SECONDS", default=600)
 LOGIN_RATE_LIMIT = env.int("LOGIN_RATE_LIMIT", default=10)
 REGISTER_RATE_LIMIT = env.int("REGISTER_RATE_LIMIT", default=5)
 RATE_LIMIT_WINDOW_SECONDS = env.int("RATE_LIMIT_WINDOW_SECONDS", default=300)
+# Reverse proxies (addresses or networks) whose X-Forwarded-For names the client; the rate limits
+# count that client instead of the proxy. Empty: the connection's address is the client.
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        raise environ.ImproperlyConfigured(
+            f"TRUSTED_PROXIES: {_proxy!r} is not an IP address or network"
+        ) from None
+# A wrong password for a username past its failures is answered after this pause (never refused).
+LOGIN_FAILURE_DELAY_SECONDS = env.float("LOGIN_FAILURE_DELAY_SECONDS", default=1.0)
+# Two-factor and password-reset attempts per window (per user for codes; per client and per
+# address for resets); confirmation emails a user may ask for per hour.
+OTP_RATE_LIMIT = env.int("OTP_RATE_LIMIT", default=5)
+PASSWORD_RESET_RATE_LIMIT = env.int("PASSWORD_RESET_RATE_LIMIT", default=5)
+EMAIL_RATE_LIMIT = env.int("EMAIL_RATE_LIMIT", default=5)
+# Seconds a right password waits for its two-factor code before the login starts over.
+OTP_LOGIN_SECONDS = env.int("OTP_LOGIN_SECONDS", default=300)
+# How long a password-reset link and an email-confirmation link work.
+PASSWORD_RESET_TIMEOUT = env.int("PASSWORD_RESET_TIMEOUT", default=3600)
+EMAIL_VERIFY_SECONDS = env.int("EMAIL_VERIFY_SECONDS", default=3 * 24 * 3600)
+
+# Email: the console backend (messages printed to the web process's stdout) unless EMAIL_URL
+# names a server, e.g. smtp+tls://user:password@smtp.example.com:587.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="webmaster@localhost")
+
 # Per user and hour: deposit addresses dealt (each burns a key) and withdrawal requests.
 ADDRESS_RATE_LIMIT = env.int("ADDRESS_RATE_LIMIT", default=10)
 WITHDRAW_RATE_LIMIT = env.int("WITHDRAW_RATE_LIMIT", default=20)
+# Ad uploads (valid or not) a user may send per hour: each is decoded, the costly part.
+UPLOAD_RATE_LIMIT = env.int("UPLOAD_RATE_LIMIT", default=30)
+# Per user: campaigns, ads, and the bytes of their ads' stored images.
+MAX_CAMPAIGNS_PER_USER = env.int("MAX_CAMPAIGNS_PER_USER", default=100)
+MAX_ADS_PER_USER = env.int("MAX_ADS_PER_USER", default=200)
+MAX_IMAGE_BYTES_PER_USER = env.int("MAX_IMAGE_BYTES_PER_USER", default=50 * 1024 * 1024)
 # Live-ad API answers per key, campaign and slot (the original allowed 50); 0 turns it off.
 API_REQUESTS_PER_SLOT = env.int("API_REQUESTS_PER_SLOT", default=50)
 
@@ -202,9 +258,18 @@ DEFAULT_EXCEPTION_REPORTER_FILTER = "accounts.error_reports.CredentialHidingFilt
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"redact_api_keys": {"()": "accounts.logfilters.RedactApiKeys"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["redact_api_keys"],
+        },
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    # runserver's request lines carry query strings (an API `?key=`): through the same filter.
+    "loggers": {"django.server": {"handlers": ["console"], "level": "INFO", "propagate": False}},
 }
 AUTH_USER_MODEL = "accounts.User"
 

@@ -2,6 +2,7 @@
 process started without one refuses to start. This is also what runs when
 DJANGO_SETTINGS_MODULE is not set anywhere (config/environment.py)."""
 
+import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
@@ -46,3 +47,8 @@ CSRF_COOKIE_SECURE = True
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
+
+# Public links handed to other sites are built from it: no default, like the secrets above.
+SITE_URL = required("SITE_URL").rstrip("/")
+if not SITE_URL.startswith("https://"):
+    raise environ.ImproperlyConfigured(f"SITE_URL must be an https:// address, not {SITE_URL!r}")

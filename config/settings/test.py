@@ -27,3 +27,7 @@ WHITENOISE_USE_FINDERS = True
 KEYPOOL_SETS = 10
 KEYPOOL_PAGE_SIZE = 5
 KEYPOOL_RANGES_PER_LIST_PAGE = 4
+
+# Slow answers to failed logins are asserted through accounts.ratelimit._pause, never waited for.
+LOGIN_FAILURE_DELAY_SECONDS = 0
+SITE_URL = "http://testserver"

@@ -32,7 +32,6 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..base import (
@@ -44,6 +43,7 @@ from ..base import (
     field_names,
     retry_transient,
 )
+from ..files import private_sqlite_file, tighten
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS docs (key TEXT PRIMARY KEY, value TEXT NOT NULL, cas INTEGER NOT NULL) WITHOUT ROWID"
 _MULTI_CHUNK = 500
@@ -108,7 +108,9 @@ class EmbeddedStore(Store):
         self._local = threading.local()
         self._process_state: tuple[int, _ProcessState] | None = None
         self._fields: dict[tuple[str, tuple[str, ...]], tuple[int, list[str | None]]] = {}
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # The owner's alone, with its -wal, -shm and .lock (docstore.files); before SQLite opens it.
+        private_sqlite_file(self.path)
+        tighten(self.path + ".lock")
         # Processes opening a fresh file at once race to switch it to WAL, and SQLite reports the
         # loser as "locked" at once, without waiting on busy_timeout: retry like any busy error.
         retry_transient(lambda: self._conn().execute(_SCHEMA), _is_transient)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from accounts.commands import StoreCommand
 from accounts.workers import InitError, check_reachable, init_documents
 from docstore import get_clock, get_store
 
 
-class Command(BaseCommand):
+class Command(StoreCommand):
     help = "Check that the docstore is reachable and create the root documents that must exist."
 
     def handle(self, *args, **options) -> None:
@@ -26,10 +27,11 @@ class Command(BaseCommand):
             created = init_documents(store, get_clock())
         except InitError as exc:
             raise CommandError(str(exc)) from exc
-        if verbosity >= 1:
+        if verbosity >= 2:  # one line a document: a fresh store has a thousand key sets
             for key in created:
                 self.stdout.write(f"created {key}")
-            summary = f"{len(created)} created" if created else "nothing to create"
+        if verbosity >= 1:
+            summary = f"{len(created)} documents created" if created else "nothing to create"
             self.stdout.write(self.style.SUCCESS(f"Docstore ready: {summary}."))
         if settings.LOCAL_CHAIN_XPUB and settings.CHAIN_BACKEND == "bitcoind":
             self._local_chain_keys(store, verbosity)

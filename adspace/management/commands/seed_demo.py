@@ -20,11 +20,12 @@ import io
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import IntegrityError, transaction
 from PIL import Image, ImageDraw
 
 from accounts.adjust import adjust_balance
+from accounts.commands import StoreCommand
 from accounts.gateway import ensure_account, get_account
 from accounts.money import format_btc
 from adspace import buy, gateway
@@ -70,7 +71,7 @@ def demo_key(username: str) -> str:
     return f"demo::{username}"
 
 
-class Command(BaseCommand):
+class Command(StoreCommand):
     help = "Development only: load demo sellers, campaigns, buyers, ads and sales (idempotent)."
 
     def handle(self, *args, **options):

@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from accounts.commands import StoreCommand
 from accounts.workers import StopFlag
 from bitcoinkeys import importer
 from bitcoinkeys.addresses import KINDS, AddressError, iter_derived_addresses, network_params
 from docstore import DocstoreError, get_clock, get_store
 
 
-class Command(BaseCommand):
+class Command(StoreCommand):
     help = (
         "Import deposit addresses into the key pool: FILE (one address per line; blank lines "
         "and #comments are skipped) or --xpub KEY --from I --to J (receive branch m/0/i for "
@@ -51,7 +52,6 @@ class Command(BaseCommand):
         else:
             raise CommandError("Give a FILE of addresses, or --xpub KEY --from I --to J.")
 
-        page_size = settings.KEYPOOL_PAGE_SIZE
         stop = StopFlag()
         try:
             with stop.handling_signals():
@@ -72,7 +72,7 @@ class Command(BaseCommand):
                 f"The docstore failed during the import ({exc}). Nothing is half-imported: "
                 "run the same import again."
             ) from exc
-        self._summary(result, unit, page_size)
+        self._summary(result)
 
     def _say(self, message: str, level: int) -> None:
         if self.verbosity >= level:
@@ -115,7 +115,7 @@ class Command(BaseCommand):
         self._say(f"deriving {end - start} addresses, m/0/{start} to m/0/{end - 1}", 1)
         return lambda: iter_derived_addresses(xpub, start, end, kind, network)
 
-    def _summary(self, result: importer.ImportResult, unit: str, page_size: int) -> None:
+    def _summary(self, result: importer.ImportResult) -> None:
         skipped = []
         if result.already:
             skipped.append(f"{result.already} already imported")
@@ -123,16 +123,6 @@ class Command(BaseCommand):
             skipped.append(f"{result.duplicates} repeated in the input")
         if skipped and self.verbosity >= 1:
             self.stdout.write(f"skipped {', '.join(skipped)}")
-        if result.remainder:
-            first, last = result.remainder[0][0], result.remainder[-1][0]
-            self.stdout.write(
-                self.style.WARNING(
-                    f"{len(result.remainder)} addresses were NOT imported "
-                    f"({importer.PLURAL.get(unit, unit)} {first}-{last}): "
-                    f"huge-list pages take whole ranges of {page_size}. Add them to your next "
-                    "import."
-                )
-            )
         if result.stopped:
             self.stdout.write(
                 self.style.WARNING(
@@ -140,8 +130,13 @@ class Command(BaseCommand):
                     "half-imported. Run the same import again to continue."
                 )
             )
-            return
-        if self.verbosity < 1:
+        # Exit non-zero whenever nothing was (or, dry, would be) imported: a script that runs
+        # this to refill the pool must not mistake "no new addresses" for a refill.
+        if not result.imported:
+            if result.dry_run:
+                raise CommandError("Dry run: nothing new would be imported.")
+            raise CommandError("Nothing was imported: every address was already in the pool.")
+        if result.stopped or self.verbosity < 1:
             return
         if result.dry_run:
             self.stdout.write(
@@ -150,11 +145,9 @@ class Command(BaseCommand):
                     f"{result.would_pages} huge-list pages; nothing was written."
                 )
             )
-        elif result.imported:
+        else:
             pages = result.pages
             where = f"page {pages[0]}" if len(pages) == 1 else f"pages {pages[0]}-{pages[-1]}"
             self.stdout.write(
                 self.style.SUCCESS(f"Imported {result.imported} addresses into huge-list {where}.")
             )
-        else:
-            self.stdout.write(self.style.SUCCESS("Nothing new to import."))
