@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from datetime import UTC, datetime
 from html import escape
@@ -25,6 +26,7 @@ from .forms import LoginForm, RegistrationForm
 from .gateway import LEDGER_PAGE_SIZE, ensure_account, ledger_page_key
 from .heartbeat import read_beats
 from .money import format_btc
+from .templatetags.cached_url import cached_reverse
 
 log = logging.getLogger(__name__)
 
@@ -184,11 +186,37 @@ class NewestFirstLedger:
         return rows
 
 
-def _ledger_rows(entries: list[dict]) -> str:
+_SALE_REF = re.compile(r"(slot|tx)::([A-Za-z0-9]{1,32})::([0-9]{1,10})::([0-9]{1,10})")
+
+
+def _ref_cell(entry: dict, position: int) -> str:
+    """A sale's ref as links to its campaign and slot; any other ref as the key it is.
+
+    A buy links its slot to the buyer's purchases page, at the page that lists it (the one
+    whose cursor is just past this ledger position); other sale refs to the campaign page."""
+    ref = str(entry["ref"])
+    match = _SALE_REF.fullmatch(ref)
+    if match is None:
+        return f"<code>{escape(ref)}</code>"
+    _, owner, n, k = match.groups()
+    campaign = cached_reverse("campaign", (owner, int(n)))
+    if entry["kind"] == "buy":
+        slot = f"{cached_reverse('purchases', ())}?before={position + 1}#p-{owner}-{n}-{k}"
+    else:
+        slot = campaign
+    return (
+        f'<a href="{escape(campaign)}">{escape(owner)}\'s campaign #{n}</a>, '
+        f'<a href="{escape(slot)}">slot #{k}</a>'
+    )
+
+
+def _ledger_rows(entries: list[dict], newest_position: int = 0) -> str:
     """The history table's rows, built here with the standard library's escape: as template
-    tags (a date and two amount filters a row) they were most of the page's cost."""
+    tags (a date and two amount filters a row) they were most of the page's cost.
+
+    `newest_position` is the oldest-first ledger position of the first (newest) entry."""
     rows = []
-    for entry in entries:
+    for offset, entry in enumerate(entries):
         delta = entry["delta"]
         change = f"+{format_btc(delta)}" if delta > 0 else format_btc(delta)
         kind = entry["kind"]
@@ -196,7 +224,7 @@ def _ledger_rows(entries: list[dict]) -> str:
         rows.append(
             f'<tr><td class="nowrap">{_STAMP % time.gmtime(entry["at"])[:6]}</td>'
             f"<td>{label}</td>"
-            f"<td><code>{escape(str(entry['ref']))}</code></td>"
+            f"<td>{_ref_cell(entry, newest_position - offset)}</td>"
             f'<td class="num amount {"debit" if delta < 0 else "credit"}">{change}</td>'
             f'<td class="num amount">{format_btc(entry["balanceAfter"])}</td>'
             f"<td>{escape(str(entry.get('reason', '')))}</td></tr>"
@@ -240,7 +268,9 @@ def account(request: HttpRequest) -> HttpResponse:
         "lock": lock_info,
         "page": page,
         "rows": bool(page.object_list),
-        "ledger_rows": _ledger_rows(page.object_list),
+        "ledger_rows": _ledger_rows(
+            page.object_list, paginator.count - page.start_index() if page.object_list else 0
+        ),
         "active_tab": "balance",
     }
     return render(request, "accounts/account.html", context)

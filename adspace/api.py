@@ -468,7 +468,8 @@ def _embed_page(request: HttpRequest, user: str, n: str) -> HttpResponse:
         else _ad_page(request, store, owner, index, answer, width, height)
     )
     if html is None:
-        html = _placeholder_page(request, store, owner, index, width, height)
+        title = gateway.campaign_title(campaign)
+        html = _placeholder_page(request, store, owner, index, width, height, title)
         max_age = _seconds_until(answer.until, now, NO_AD_MAX_AGE)
     else:
         max_age = _seconds_until(answer.until, now, EMBED_MAX_AGE)
@@ -504,11 +505,11 @@ def _ad_page(
 
 
 def _placeholder_page(
-    request: HttpRequest, store: Store, owner: str, n: int, width: int, height: int
+    request: HttpRequest, store: Store, owner: str, n: int, width: int, height: int, title: str
 ) -> str:
-    """The same-size "buy this space" page, linking to the campaign."""
+    """The same-size "buy this space" page, linking to the campaign (named by its title)."""
     campaign_url = _campaign_url(request, store, owner, n)
-    key = (serving.store_ident(store), width, height, campaign_url)
+    key = (serving.store_ident(store), width, height, campaign_url, title)
     html = _placeholders.get(key)
     if html is None:
         size, lines = placeholder_lines(width, height)
@@ -517,6 +518,7 @@ def _placeholder_page(
             "height": height,
             "ad": None,
             "campaign_url": campaign_url,
+            "title": title,
             "font_size": size,
             "lines": lines,
             "rect_width": max(width - 1, 0),

@@ -9,6 +9,10 @@ The order is the original's "perfected" flow, made complete:
 Before step 1 the buyer is checked: a seller may not buy a slot of their own campaign (each sale
 doubles the next price, so buying one's own slot would let a seller raise the price others pay,
 for a fee). Refused before the lock, nothing is charged.
+A paused campaign (its owner stopped new sales) is refused the same way, before the lock, from
+the campaign read that prices the sale. A buy that read the campaign before a pause may still
+commit afterwards (from step 2, or its lock's recovery): it completes normally, as a sale that
+happened at the moment of the pause; the pause stops every buy that reads after it.
 Only step 1 can fail for the buyer. After step 2 the sale is final whatever crashes: steps 3-5
 are idempotent and run from the lock or the slot doc by whoever gets there first (the buyer, the
 next buyer of that campaign, the lock's lease recovery, or the campaign recovery pass).
@@ -46,6 +50,10 @@ class PriceChanged(BuyError):
     def __init__(self, price: int):
         super().__init__(self.message)
         self.price = price
+
+
+class CampaignPaused(BuyError):
+    message = "The seller has paused this campaign: no slot can be bought now; nothing was charged."
 
 
 class OwnCampaign(BuyError):
@@ -92,10 +100,14 @@ def buy_next_slot(
         raise CampaignMissing() from None
     if is_own_campaign(buyer, campaign):
         raise OwnCampaign()
+    if campaign.get("paused"):
+        raise CampaignPaused()
     try:
         filler = gateway.get_filler(store, buyer, filler_index)
     except NotFound:
         raise FillerInvalid() from None
+    if filler.get("archived"):
+        raise FillerInvalid(f"Your ad '{filler['nickname']}' is archived; choose another ad.")
     if (filler["width"], filler["height"]) != (campaign["width"], campaign["height"]):
         raise FillerInvalid(
             f"This space takes {campaign['width']}x{campaign['height']} px ads; "
@@ -105,6 +117,8 @@ def buy_next_slot(
     if finish_lagging_sales(store, clock, owner, n, k):
         # The campaign lagged behind a sale; now that it is finished, price once more.
         campaign = gateway.get_campaign(store, owner, n).value
+        if campaign.get("paused"):
+            raise CampaignPaused()
         k = pricing.next_slot_index(campaign.get("last"))
     now = clock.now()
     last = campaign.get("last")

@@ -19,6 +19,8 @@ MAX_SLOT_HOURS = 8760  # a year
 MAX_NICKNAME = 64
 MAX_HOVER_TEXT = 512
 MAX_URL = 2048
+MAX_TITLE = 80
+MAX_DESCRIPTION = 1000
 MAX_IMAGE_MB = images.MAX_IMAGE_BYTES // (1024 * 1024)
 TOO_BIG = f"The image is larger than {MAX_IMAGE_MB} MB."
 
@@ -67,6 +69,35 @@ def _side_field(label: str) -> WholeNumberField:
 
 
 class CampaignForm(forms.Form):
+    title = forms.CharField(
+        label="Title",
+        max_length=MAX_TITLE,
+        help_text="What buyers see first: your site's name, say.",
+        error_messages={
+            "required": "Give the campaign a title.",
+            "max_length": f"Titles are at most {MAX_TITLE} characters.",
+        },
+    )
+    site_url = forms.CharField(
+        label="Your site's address",
+        max_length=MAX_URL,
+        strip=False,
+        initial="https://",
+        help_text="Where the ad will appear, so buyers can look at it.",
+        error_messages={
+            "required": "Enter the web address of the site where the ad appears.",
+            "max_length": f"Addresses are at most {MAX_URL} characters.",
+        },
+        widget=forms.URLInput(attrs={"inputmode": "url"}),
+    )
+    description = forms.CharField(
+        label="Description",
+        max_length=MAX_DESCRIPTION,
+        required=False,
+        help_text=f"Who reads your site, and anything a buyer should know. At most {MAX_DESCRIPTION} characters.",
+        error_messages={"max_length": f"Descriptions are at most {MAX_DESCRIPTION} characters."},
+        widget=forms.Textarea(attrs={"rows": 4, "maxlength": MAX_DESCRIPTION}),
+    )
     min_price = BTCField(label="Minimum price (BTC)")
     slot_hours = WholeNumberField(
         label="Length of one slot (hours)",
@@ -101,6 +132,39 @@ class CampaignForm(forms.Form):
         field.min_sats, field.max_sats = minimum, MAX_SATS
         field.initial = minimum
         field.help_text = f"At least {field.prepare_value(minimum)} BTC."
+        # Defined below the validators they use.
+        self.fields["title"].validators += [validate_plain_text, validate_no_markup]
+        self.fields["site_url"].validators.append(validate_site_url)
+        self.fields["description"].validators.append(validate_description)
+
+
+class CampaignEditForm(CampaignForm):
+    """The owner's edit: the details always; the terms (price, length, size) only while nothing
+    is sold. Terms fields left out of the post (the page disables them once a slot is sold) are
+    left as they are."""
+
+    TERMS_FIELDS = ("min_price", "slot_hours", "width", "height")
+
+    def __init__(self, *args, terms_editable: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in self.TERMS_FIELDS:
+            self.fields[name].required = False
+            if not terms_editable:
+                self.fields[name].disabled = True
+
+    def changes(self) -> dict:
+        """The campaign doc fields this edit sets."""
+        data = self.cleaned_data
+        out = {
+            "title": data["title"],
+            "siteUrl": data["site_url"],
+            "description": data["description"],
+            "disallowed": data["disallowed"],
+        }
+        for name, key in zip(self.TERMS_FIELDS, gateway.TERMS, strict=True):
+            if not self.fields[name].disabled and data.get(name) is not None:
+                out[key] = data[name]
+        return out
 
 
 def validate_ad_url(url: str) -> None:
@@ -122,9 +186,28 @@ def validate_ad_url(url: str) -> None:
         raise ValidationError("That is not a valid web address.") from None
 
 
+def validate_site_url(url: str) -> None:
+    """A seller's site address: an http(s) link, without a user name or password in it."""
+    validate_ad_url(url)
+    if "@" in urlsplit(url).netloc:
+        raise ValidationError("The address cannot contain a user name or password.")
+
+
 def validate_plain_text(text: str) -> None:
     if _has_control_chars(text):
         raise ValidationError("Use plain text, without control or invisible characters.")
+
+
+def validate_no_markup(text: str) -> None:
+    # Shown escaped anyway; refused so a title never reads as code on a page that quotes it.
+    if "<" in text or ">" in text:
+        raise ValidationError("Use plain text: the characters < and > are not allowed.")
+
+
+def validate_description(text: str) -> None:
+    """Plain text over several lines: line breaks are the only control characters allowed."""
+    validate_plain_text(text.replace("\r\n", "\n").replace("\n", ""))
+    validate_no_markup(text)
 
 
 class AdForm(forms.Form):

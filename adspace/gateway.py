@@ -22,7 +22,7 @@ from typing import Any
 
 from accounts.gateway import directory_size, walk_directory
 from accounts.locks import AccountError
-from docstore import AlreadyExists, CasMismatch, Clock, Doc, NotFound, Store
+from docstore import AlreadyExists, Ambiguous, CasMismatch, Clock, Doc, NotFound, Store
 
 CAMPAIGNDIR = "campaigndir"
 SELLERDIR = "sellerdir"
@@ -114,6 +114,10 @@ def create_campaign(
     height: int,
     disallowed: list[str],
     max_campaigns: int | None = None,
+    *,
+    title: str = "",
+    site_url: str = "",
+    description: str = "",
 ) -> int:
     """Create the owner's next campaign and return its index.
 
@@ -140,9 +144,94 @@ def create_campaign(
             "height": height,
             "disallowed": [c for c in CATEGORIES if c in disallowed],
             "createdAt": clock.now(),
+            "title": title,
+            "siteUrl": site_url,
+            "description": description,
         },
     )
     return n
+
+
+def campaign_title(campaign: dict) -> str:
+    """The title to show; campaigns made before titles existed (or with none) get their number."""
+    return campaign.get("title") or f"{campaign['owner']}'s ad space #{campaign['n']}"
+
+
+# The sale terms: what a buyer priced and sized a slot by. Changed only while nothing is sold.
+TERMS = ("minPrice", "slotHours", "width", "height")
+# What the owner may change at any time.
+DETAILS = ("title", "siteUrl", "description", "disallowed")
+
+
+class NotCampaignOwner(AccountError):
+    def __init__(self):
+        super().__init__("Only the campaign's owner can change it; nothing was changed.")
+
+
+class TermsFrozen(AccountError):
+    def __init__(self):
+        super().__init__(
+            "A slot of this campaign has been sold, so its minimum price, slot length and ad "
+            "size can no longer change; nothing was changed."
+        )
+
+
+def has_sold(store: Store, owner: str, n: int, campaign: dict) -> bool:
+    # Slot 0 can exist while `last` still lags (a sale between its commit point and step 5).
+    if campaign.get("last") is not None:
+        return True
+    try:
+        store.get(slot_key(owner, n, 0))
+        return True
+    except NotFound:
+        return False
+
+
+def update_campaign(store: Store, owner: str, n: int, editor: str, changes: dict) -> dict:
+    """Change the campaign's details (and its terms while nothing is sold) in one CAS.
+
+    `changes` holds keys of DETAILS and TERMS only. A terms change that alters nothing is not a
+    change (the edit form sends every field). The sale fields (`last`) and `paused` are carried
+    over from the doc the CAS replaces, so a sale or a pause racing the edit is never undone.
+    NotFound, NotCampaignOwner or TermsFrozen change nothing. Returns the new doc.
+    """
+    unknown = set(changes) - set(TERMS) - set(DETAILS)
+    if unknown:
+        raise ValueError(f"not editable: {sorted(unknown)}")
+    while True:
+        doc = get_campaign(store, owner, n)
+        campaign = doc.value
+        if editor.casefold() != campaign["owner"].casefold():
+            raise NotCampaignOwner()
+        terms = {k: v for k, v in changes.items() if k in TERMS and campaign.get(k) != v}
+        if terms and has_sold(store, owner, n, campaign):
+            raise TermsFrozen()
+        updated = {**campaign, **changes}
+        if "disallowed" in changes:
+            updated["disallowed"] = [c for c in CATEGORIES if c in changes["disallowed"]]
+        try:
+            store.replace(campaign_key(owner, n), updated, doc.cas)
+            return updated
+        except (CasMismatch, Ambiguous):
+            continue  # re-read: an ambiguous write that applied is seen and applied again as is
+
+
+def set_campaign_paused(store: Store, owner: str, n: int, editor: str, paused: bool) -> bool:
+    """Pause (stop new sales) or resume the campaign; one CAS on its doc. Returns whether the
+    doc changed (pausing a paused campaign is a no-op). Sold slots are untouched either way,
+    and the price stays the function of time and `last` it always was."""
+    while True:
+        doc = get_campaign(store, owner, n)
+        campaign = doc.value
+        if editor.casefold() != campaign["owner"].casefold():
+            raise NotCampaignOwner()
+        if bool(campaign.get("paused")) == paused:
+            return False
+        try:
+            store.replace(campaign_key(owner, n), {**campaign, "paused": paused}, doc.cas)
+            return True
+        except (CasMismatch, Ambiguous):
+            continue  # re-read: one that applied is then seen as already done
 
 
 def get_campaign(store: Store, owner: str, n: int) -> Doc:
@@ -291,7 +380,7 @@ def create_filler(
     image_sha256: str,
     index: int | None = None,
 ) -> int:
-    """Create an immutable ad; nicknames are unique per user (case-insensitively).
+    """Create an ad (immutable but for its `archived` flag); nicknames are unique per user (case-insensitively).
 
     `index` is one drawn by reserve_filler_index (which enforces the cap), else one is drawn
     here. The nickname is claimed first with the index it will get; a claim whose ad never
@@ -331,6 +420,24 @@ def create_filler(
         },
     )
     return i
+
+
+def set_filler_archived(store: Store, username: str, i: int, archived: bool) -> bool:
+    """Archive (hide from the buy form) or restore one of the user's ads; one CAS.
+
+    The flag is the only field of an ad that ever changes: its image, link and text stay as
+    they were sold, and an ad is never deleted, so every slot that shows it keeps showing it.
+    Returns whether the doc changed; NotFound if the user has no such ad.
+    """
+    while True:
+        doc = store.get(filler_key(username, i))
+        if bool(doc.value.get("archived")) == archived:
+            return False
+        try:
+            store.replace(filler_key(username, i), {**doc.value, "archived": archived}, doc.cas)
+            return True
+        except (CasMismatch, Ambiguous):
+            continue  # re-read: one that applied is then seen as already done
 
 
 def filler_count(store: Store, username: str) -> int:

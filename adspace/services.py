@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from django.core.cache import cache
 from django.urls import get_script_prefix, get_urlconf, reverse
 
+from accounts.gateway import LEDGER_PAGE_SIZE, ledger_page_key
 from accounts.money import format_btc
 from docstore import NotFound, Store
 
@@ -41,11 +42,19 @@ class CampaignRow:
     slots_sold: int
     price: int
     disallowed: list[str]
+    title: str
+    site_url: str
+    description: str
+    paused: bool
 
 
 def campaign_row(campaign: dict, now: int) -> CampaignRow:
     last = campaign.get("last")
     return CampaignRow(
+        title=gateway.campaign_title(campaign),
+        site_url=campaign.get("siteUrl", ""),
+        description=campaign.get("description", ""),
+        paused=bool(campaign.get("paused")),
         owner=campaign["owner"],
         n=campaign["n"],
         width=campaign["width"],
@@ -213,3 +222,106 @@ class NewestFirstFillers:
         fillers = gateway.user_fillers(self.store, self.username, lo, stop - start, self.total)
         fillers.reverse()
         return fillers
+
+
+# --- a buyer's purchases, read from their ledger --------------------------------------------
+
+# Ledger pages (100 entries each) one purchases page reads at most while looking for buys: a
+# page view stays bounded however many deposits or withdrawals lie between two purchases.
+PURCHASE_SCAN_PAGES = 10
+
+
+def parse_slot_key(key: str) -> tuple[str, int, int] | None:
+    """(owner, n, k) of a `slot::<owner>::<n>::<k>` key, or None for any other ref."""
+    parts = key.split("::")
+    if len(parts) != 4 or parts[0] != "slot" or not parts[2].isdigit() or not parts[3].isdigit():
+        return None
+    return parts[1], int(parts[2]), int(parts[3])
+
+
+@dataclass(frozen=True)
+class PurchasesPage:
+    rows: list[dict]
+    older: int | None  # the `before` cursor of the next (older) page, if there is one
+    total: int  # ledger entries, the cursor's upper bound
+
+
+def ledger_entries(store: Store, username: str, account: dict, lo: int, hi: int) -> list[dict]:
+    """The account's ledger entries with oldest-first position in [lo, hi), in one read."""
+    pages, recent = account.get("ledgerPages", 0), account.get("ledger", [])
+    paged_end = pages * LEDGER_PAGE_SIZE
+    found = {}
+    if lo < paged_end:
+        first, last = lo // LEDGER_PAGE_SIZE, (min(hi, paged_end) - 1) // LEDGER_PAGE_SIZE
+        found = store.get_multi([ledger_page_key(username, p) for p in range(first, last + 1)])
+    out = []
+    for i in range(lo, hi):
+        if i >= paged_end:
+            out.append(recent[i - paged_end])
+            continue
+        doc = found.get(ledger_page_key(username, i // LEDGER_PAGE_SIZE))
+        entries = doc.value["entries"] if doc is not None else []
+        if i % LEDGER_PAGE_SIZE < len(entries):
+            out.append(entries[i % LEDGER_PAGE_SIZE])
+    return out
+
+
+def purchases_page(
+    store: Store, username: str, account: dict, before: int | None, size: int
+) -> PurchasesPage:
+    """Up to `size` of the user's purchases, newest first, from ledger positions below `before`.
+
+    Each purchase is a `buy` ledger entry (its ref is the slot key), so the ledger is the index:
+    the walk goes back a ledger page at a time, and the slots, campaigns and ads it found are
+    then read in one batch each.
+    """
+    total = account.get("ledgerPages", 0) * LEDGER_PAGE_SIZE + len(account.get("ledger", []))
+    hi = total if before is None else min(before, total)
+    found: list[tuple[int, dict]] = []
+    for _ in range(PURCHASE_SCAN_PAGES):
+        if hi <= 0 or len(found) >= size:
+            break
+        lo = max(0, (hi - 1) // LEDGER_PAGE_SIZE * LEDGER_PAGE_SIZE)
+        chunk = ledger_entries(store, username, account, lo, hi)
+        for offset in range(len(chunk) - 1, -1, -1):
+            entry = chunk[offset]
+            if entry["kind"] == "buy" and parse_slot_key(str(entry["ref"])):
+                found.append((lo + offset, entry))
+                if len(found) == size:
+                    hi = lo + offset
+                    break
+        else:
+            hi = lo
+    older = hi if hi > 0 else None
+    return PurchasesPage(
+        rows=_purchase_rows(store, [e for _, e in found]), older=older, total=total
+    )
+
+
+def _purchase_rows(store: Store, entries: list[dict]) -> list[dict]:
+    refs = [parse_slot_key(e["ref"]) for e in entries]
+    slots = gateway.get_many(store, [e["ref"] for e in entries])
+    campaign_keys = {gateway.campaign_key(o, n) for o, n, _ in refs}
+    campaigns = gateway.get_many(store, sorted(campaign_keys))
+    fillers = gateway.get_many(store, sorted({s["filler"] for s in slots.values()}))
+    rows = []
+    for entry, (owner, n, k) in zip(entries, refs, strict=True):
+        slot = slots.get(entry["ref"])
+        campaign = campaigns.get(gateway.campaign_key(owner, n))
+        filler = fillers.get(slot["filler"]) if slot else None
+        rows.append(
+            {
+                "owner": owner,
+                "n": n,
+                "k": k,
+                "anchor": f"p-{owner}-{n}-{k}",
+                "title": gateway.campaign_title(campaign) if campaign else f"{owner} #{n}",
+                "ad": filler,
+                "price": -entry["delta"],
+                "starts_at": utc(slot["startsAt"]) if slot else None,
+                "ends_at": utc(slot["endsAt"]) if slot else None,
+                # Set by the review of sold ads where a campaign reviews them; absent otherwise.
+                "review": (slot or {}).get("review"),
+            }
+        )
+    return rows

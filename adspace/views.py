@@ -25,6 +25,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST, require_safe
 
 from accounts import locks, ratelimit
+from accounts.gateway import ensure_account
 from accounts.money import MAX_SATS, format_btc
 from accounts.security import accepts_body_up_to
 from accounts.templatetags.cached_url import cached_reverse
@@ -32,12 +33,13 @@ from docstore import Ambiguous, NotFound, TemporaryFailure, get_clock, get_store
 
 from . import buy, fragments, gateway, images, pricing, services
 from .credit import owner_earnings
-from .forms import AdForm, CampaignForm
+from .forms import AdForm, CampaignEditForm, CampaignForm
 
 log = logging.getLogger(__name__)
 
 SELLERS_PER_PAGE = 20
 CAMPAIGNS_PER_PAGE = 20
+PURCHASES_PER_PAGE = 20
 ADS_PER_PAGE = 10
 BUY_FORM_MAX_ADS = 200
 MAX_INDEX = 10**9  # of a campaign or an ad
@@ -181,7 +183,8 @@ def sell(request: HttpRequest) -> HttpResponse:
                 n = gateway.create_campaign(
                     store, clock, owner, data["min_price"], data["slot_hours"],
                     data["width"], data["height"], data["disallowed"],
-                    max_campaigns=settings.MAX_CAMPAIGNS_PER_USER,
+                    max_campaigns=settings.MAX_CAMPAIGNS_PER_USER, title=data["title"],
+                    site_url=data["site_url"], description=data["description"],
                 )  # fmt: skip
             except gateway.TooManyCampaigns as exc:
                 form.add_error(None, str(exc))
@@ -218,7 +221,138 @@ def sell(request: HttpRequest) -> HttpResponse:
     return render(request, "adspace/sell.html", context, status=status)
 
 
+def _own_campaign_or_4xx(request: HttpRequest, user: str, n: str) -> tuple[int, dict]:
+    """The campaign at the URL, if the logged-in user owns it: 404 if none, 403 if another's."""
+    index, doc = _campaign_or_404(user, n)
+    if not buy.is_own_campaign(request.user.username, doc):
+        raise PageError(
+            403,
+            str(gateway.NotCampaignOwner()),
+            _back("campaign", "Back to the campaign", user, index),
+        )
+    return index, doc
+
+
+def _edit_initial(doc: dict) -> dict:
+    return {
+        "title": doc.get("title", ""),
+        "site_url": doc.get("siteUrl", ""),
+        "description": doc.get("description", ""),
+        "min_price": doc["minPrice"],
+        "slot_hours": doc["slotHours"],
+        "width": doc["width"],
+        "height": doc["height"],
+        "disallowed": doc.get("disallowed", []),
+    }
+
+
+@login_required
+@_shows_errors
+def edit_campaign(request: HttpRequest, user: str, n: str) -> HttpResponse:
+    index, doc = _own_campaign_or_4xx(request, user, n)
+    store = get_store()
+    sold = gateway.has_sold(store, user, index, doc)
+    form = CampaignEditForm(
+        request.POST if request.method == "POST" else None,
+        initial=_edit_initial(doc),
+        terms_editable=not sold,
+    )
+    status = 200
+    if request.method == "POST":
+        status = 400
+        if form.is_valid():
+            try:
+                gateway.update_campaign(store, user, index, request.user.username, form.changes())
+            except (gateway.TermsFrozen, gateway.NotCampaignOwner) as exc:
+                form.add_error(None, str(exc))
+            except NotFound:
+                raise PageError(404, buy.CampaignMissing.message, _back("sell", "Your campaigns"))
+            else:
+                messages.success(request, "Campaign saved.")
+                return redirect("campaign", user, index)
+    context = {
+        "form": form,
+        "campaign": services.campaign_row(doc, get_clock().now()),
+        "sold": sold,
+    }
+    return render(request, "adspace/edit_campaign.html", context, status=status)
+
+
+@require_POST
+@login_required
+@_shows_errors
+def pause_campaign(request: HttpRequest, user: str, n: str) -> HttpResponse:
+    index, _ = _own_campaign_or_4xx(request, user, n)
+    action = request.POST.get("action")
+    if action not in ("pause", "resume"):
+        raise PageError(
+            400,
+            "Choose to pause or to resume the campaign.",
+            _back("campaign", "Back", user, index),
+        )
+    try:
+        changed = gateway.set_campaign_paused(
+            get_store(), user, index, request.user.username, action == "pause"
+        )
+    except NotFound:
+        raise PageError(404, buy.CampaignMissing.message, _back("sell", "Your campaigns"))
+    if action == "pause":
+        text = "Campaign paused: no new slot can be bought; sold slots still run."
+    else:
+        text = "Campaign resumed: the next slot is on sale again."
+    (messages.success if changed else messages.info)(
+        request, text if changed else f"The campaign was already {action}d."
+    )
+    return redirect("campaign", user, index)
+
+
 # --- my ads -------------------------------------------------------------------------------------
+
+
+@require_POST
+@login_required
+@_shows_errors
+def archive_ad(request: HttpRequest, index: str) -> HttpResponse:
+    i = _filler_index_or_400(index)
+    action = request.POST.get("action")
+    if action not in ("archive", "restore"):
+        raise PageError(400, "Choose to archive or to restore the ad.", _back("my_ads", "Your ads"))
+    try:
+        gateway.set_filler_archived(get_store(), request.user.username, i, action == "archive")
+    except NotFound:
+        raise PageError(404, "You have no such ad.", _back("my_ads", "Your ads"))
+    if action == "archive":
+        messages.success(request, "Ad archived: it is no longer offered when you buy a slot.")
+    else:
+        messages.success(request, "Ad restored: you can buy slots with it again.")
+    return redirect(reverse("my_ads") + (f"?page={p}" if (p := _page_param(request)) else ""))
+
+
+def _page_param(request: HttpRequest) -> str | None:
+    p = request.POST.get("page")
+    return p if p and _INDEX.fullmatch(p) and p != "0" else None
+
+
+@login_required
+@_shows_errors
+def purchases(request: HttpRequest) -> HttpResponse:
+    store, username = get_store(), request.user.username
+    account = ensure_account(store, get_clock(), username).value
+    before = request.GET.get("before")
+    if before is not None and (not _INDEX.fullmatch(before) or before == "0"):
+        raise PageError(
+            404, "There is no such page of your purchases.", _back("purchases", "Newest purchases")
+        )
+    page = services.purchases_page(
+        store, username, account, None if before is None else int(before), PURCHASES_PER_PAGE
+    )
+    context = {
+        "purchases": page.rows,
+        "older": page.older,
+        "first_page": before is None,
+        "active_tab": "purchases",
+    }
+    return render(request, "adspace/purchases.html", context)
 
 
 @login_required
@@ -368,19 +502,40 @@ def sellers(request: HttpRequest) -> HttpResponse:
     context = {
         "page": page,
         "sellers": names,
-        "seller_items": _seller_items(names, gateway.campaign_counts(store, names)),
+        "seller_items": _seller_items(store, names, gateway.campaign_counts(store, names)),
     }
     return render(request, "adspace/sellers.html", context)
 
 
-def _seller_items(names: list[str], counts: dict[str, int]) -> str:
+# Campaign titles shown per seller in the sellers list (one batched read for the whole page).
+TITLES_PER_SELLER = 3
+
+
+def _seller_items(store, names: list[str], counts: dict[str, int]) -> str:
     """The list's items, built here: as template tags they were most of the page's cost."""
+    keys = [
+        gateway.campaign_key(name, n)
+        for name in names
+        for n in range(min(counts[name], TITLES_PER_SELLER))
+    ]
+    found = gateway.get_many(store, keys)
     items = []
     for name in names:
         count = counts[name]
+        titles = []
+        for n in range(min(count, TITLES_PER_SELLER)):
+            doc = found.get(gateway.campaign_key(name, n))
+            if doc is not None:
+                paused = " (paused)" if doc.get("paused") else ""
+                titles.append(
+                    f'<a href="{escape(cached_reverse("campaign", (name, n)))}">'
+                    f"{escape(gateway.campaign_title(doc))}</a>{paused}"
+                )
+        more = " …" if count > TITLES_PER_SELLER else ""
+        listed = f": {', '.join(titles)}{more}" if titles else ""
         items.append(
             f'<li><a href="{escape(cached_reverse("seller", (name,)))}">{escape(name)}</a> '
-            f'<span class="muted">{count} campaign{"" if count == 1 else "s"}</span></li>'
+            f'<span class="muted">{count} campaign{"" if count == 1 else "s"}</span>{listed}</li>'
         )
     return mark_safe("\n".join(items))  # noqa: S308 - names and URLs are escaped
 
@@ -430,11 +585,15 @@ def _buy_form_context(request: HttpRequest, doc: dict) -> dict:
     store, username = get_store(), request.user.username
     if buy.is_own_campaign(username, doc):
         return {"ads": None, "own": True}
+    if doc.get("paused"):
+        return {"ads": None, "paused": True}
     # The newest ads only: a page view must not read thousands of documents.
     count = gateway.filler_count(store, username)
     first = max(0, count - BUY_FORM_MAX_ADS)
     ads = []
     for filler in gateway.user_fillers(store, username, first, BUY_FORM_MAX_ADS, count):
+        if filler.get("archived"):
+            continue
         fits = (filler["width"], filler["height"]) == (doc["width"], doc["height"])
         ads.append({**filler, "fits": fits})
     # Ads that fit first, newest first within each group.
@@ -466,6 +625,8 @@ def buy_slot(request: HttpRequest, user: str, n: str) -> HttpResponse:
         raise PageError(400, str(exc), (back, "Back to the campaign"))
     except buy.OwnCampaign:
         messages.error(request, buy.OwnCampaign.message)
+    except buy.CampaignPaused:
+        messages.error(request, buy.CampaignPaused.message)
     except buy.PriceChanged as exc:
         messages.warning(
             request,

@@ -71,6 +71,8 @@ LOGIN = "/accounts/login/"
 SELL = "/ads/sell-ad-space/"
 NEW_AD = "/account/ads/new/"
 BUY = "/ads/buy-ad-space/seller/0/buy"
+EDIT = "/ads/buy-ad-space/seller/0/edit"
+PAUSE = "/ads/buy-ad-space/seller/0/pause"
 WITHDRAW = "/account/withdraw/"
 FUNDS = "/account/funds/"
 API_KEY = "/account/api-key/"
@@ -276,7 +278,15 @@ def ad_form(**overrides) -> dict:
 
 
 def sell_form(**overrides) -> dict:
-    return {"min_price": "0.01", "slot_hours": "24", "width": "300", "height": "250", **overrides}
+    return {
+        "title": "Blog",
+        "site_url": "https://seller.test/",
+        "min_price": "0.01",
+        "slot_hours": "24",
+        "width": "300",
+        "height": "250",
+        **overrides,
+    }
 
 
 def withdraw_form(**overrides) -> dict:
@@ -395,6 +405,28 @@ SELLING = [
     Case("sell-markup-as-category-shown-back-escaped", post(SELL, {**sell_form(), "disallowed": [XSS]}, **SELLER), (400,), ("is not one of the categories you can refuse", escape(XSS))),
     Case("sell-ten-thousand-fields", post(SELL, {**sell_form(), "disallowed": ["Porn"] * 10_000}, **SELLER), (413,), "The request is too large"),
     wrong_method("sell-delete", "DELETE", SELL, "seller"),
+    Case("sell-markup-in-title-shown-back-escaped", post(SELL, sell_form(title=XSS), **SELLER), (400,), ("are not allowed", escape(XSS))),
+    Case("sell-ten-thousand-character-title", post(SELL, sell_form(title=LONG), **SELLER), (400,), "Titles are at most 80 characters."),
+    Case("sell-ten-thousand-character-description", post(SELL, sell_form(description=LONG), **SELLER), (400,), "Descriptions are at most 1000 characters."),
+    Case("sell-markup-in-description", post(SELL, sell_form(description=XSS_IMG), **SELLER), (400,), "are not allowed"),
+    Case("sell-control-character-in-title", post(SELL, sell_form(title="Blog\x07"), **SELLER), (400,), PLAIN_TEXT),
+    Case("sell-javascript-site-url", post(SELL, sell_form(site_url="javascript:alert(1)"), **SELLER), (400,), "starting with http:// or https://"),
+    Case("sell-credentials-in-site-url", post(SELL, sell_form(site_url="https://a:b@seller.test/"), **SELLER), (400,), "cannot contain a user name or password"),
+    Case("sell-space-in-site-url", post(SELL, sell_form(site_url="https://seller.test/a b"), **SELLER), (400,), "cannot contain spaces"),
+]
+
+CAMPAIGN_OWNER = [
+    Case("edit-another-sellers-campaign", post(EDIT, sell_form(title="Mine now")), (403,), "can change it; nothing was changed"),
+    Case("edit-forged-campaign-index", post("/ads/buy-ad-space/seller/99/edit", sell_form(), **SELLER), (404,), NO_CAMPAIGN),
+    Case("edit-non-canonical-campaign-index", post("/ads/buy-ad-space/seller/00/edit", sell_form(), **SELLER), (404,), NO_CAMPAIGN),
+    Case("edit-markup-in-title", post(EDIT, sell_form(title=XSS), **SELLER), (400,), "are not allowed"),
+    Case("edit-javascript-site-url", post(EDIT, sell_form(site_url="javascript:alert(1)"), **SELLER), (400,), "starting with http:// or https://"),
+    Case("pause-another-sellers-campaign", post(PAUSE, {"action": "pause"}), (403,), "can change it; nothing was changed"),
+    Case("pause-unknown-action", post(PAUSE, {"action": "delete"}, **SELLER), (400,), "Choose to pause or to resume"),
+    wrong_method("pause-get", "GET", PAUSE, "seller"),
+    Case("archive-forged-ad-index", post("/account/ads/99/archive", {"action": "archive"}), (404,), "You have no such ad."),
+    Case("archive-unknown-action", post("/account/ads/0/archive", {"action": "delete"}), (400,), "Choose to archive or to restore"),
+    Case("purchases-forged-cursor", get("/account/purchases/?before=-1"), (404,), "There is no such page of your purchases."),
 ]
 
 NEW_ADS = [
@@ -614,6 +646,7 @@ CASES = [
     *REGISTRATION,
     *LOGINS,
     *SELLING,
+    *CAMPAIGN_OWNER,
     *NEW_ADS,
     *BUYING,
     *FUNDING,

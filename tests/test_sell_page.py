@@ -10,6 +10,8 @@ pytestmark = pytest.mark.django_db
 
 URL = "/ads/sell-ad-space/"
 GOOD = {
+    "title": "Seller's blog",
+    "site_url": "https://seller.test/",
     "min_price": "0.00300000",
     "slot_hours": "24",
     "width": "300",
