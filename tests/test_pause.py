@@ -184,3 +184,50 @@ def test_threads_buying_while_the_seller_pauses_are_whole_or_refused(store, cloc
         buy.buy_next_slot(store, clock, "t0", "sam", n, 0, HUGE)
     assert_each_sale_charged_once(store)
     assert_audit_clean(store)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("who", [None, "buyer", "seller"])
+def test_the_campaign_page_says_it_is_paused_and_offers_no_buy_form(
+    client, store, clock, seller, buyer, who
+):
+    users = {"buyer": buyer, "seller": seller}
+    gateway.create_campaign(store, clock, "seller", M, 24, 300, 250, [], title="Blog")
+    gateway.create_filler(store, clock, "buyer", "ad", "h", "https://b.test/", 300, 250, "0")
+    if who:
+        client.force_login(users[who])
+    if who == "buyer":
+        assert 'data-role="buy-form"' in client.get("/ads/buy-ad-space/seller/0").content.decode()
+    gateway.set_campaign_paused(store, "seller", 0, "seller", True)
+    html = client.get("/ads/buy-ad-space/seller/0").content.decode()
+    assert "This campaign is paused" in html
+    assert "No slot can be bought while the campaign is paused." in html
+    assert 'data-role="buy-form"' not in html
+    assert ("Resume sales" in html) == (who == "seller")
+
+
+@pytest.mark.django_db
+def test_the_owner_pauses_and_resumes_from_the_campaign_page(client, store, clock, seller, buyer):
+    gateway.create_campaign(store, clock, "seller", M, 24, 300, 250, [], title="Blog")
+    client.force_login(seller)
+    url = "/ads/buy-ad-space/seller/0/pause"
+    assert client.post(url, {"action": "pause"}).status_code == 302
+    assert gateway.get_campaign(store, "seller", 0).value["paused"] is True
+    assert client.post(url, {"action": "resume"}).status_code == 302
+    assert gateway.get_campaign(store, "seller", 0).value["paused"] is False
+
+
+@pytest.mark.django_db
+def test_a_buy_posted_to_a_paused_campaign_says_why_and_charges_nothing(
+    client, store, clock, seller, buyer
+):
+    gateway.create_campaign(store, clock, "seller", M, 24, 300, 250, [], title="Blog")
+    gateway.create_filler(store, clock, "buyer", "ad", "h", "https://b.test/", 300, 250, "0")
+    gateway.set_campaign_paused(store, "seller", 0, "seller", True)
+    client.force_login(buyer)
+    before = store.dump()
+    response = client.post(
+        "/ads/buy-ad-space/seller/0/buy", {"filler": "0", "accepted_price": str(M)}, follow=True
+    )
+    assert "The seller has paused this campaign" in response.content.decode()
+    assert store.dump() == before
