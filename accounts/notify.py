@@ -9,7 +9,9 @@ protocol's steps: only once the step's commit point is taken):
   3. insert `notice::<kind>::<ref>` state `pending`: insert-if-absent, so of two racing queuers
      one wins and the other takes the "already queued" path.
 
-A notice is queued only for a user with a VERIFIED address who has not turned its kind off.
+Queueing reads no user (money code runs it, and the ORM is not the docstore): the sender checks
+the user before each send, and a notice for a user without a VERIFIED address, or who turned its
+kind off, is `dropped` unsent.
 
 Sending (`send_pending`, the `notices` worker task; never on a request):
 
@@ -100,12 +102,10 @@ def queue(store: Store, clock: Clock, username: str, kind: str, ref: str, contex
 
     For the ad review: `queue(store, clock, buyer, "ad_rejected", slot key, {"campaign":
     "<owner>/<n>", "slot": k, "reason": text})` (or "ad_approved" without a reason), called
-    after the review's commit point. Never raises for a user who gets no notices.
+    after the review's commit point. Whether the user gets it is decided when it is sent.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown notice kind {kind!r}")
-    if _recipient(username, kind) is None:
-        return False
     key = notice_key(kind, ref)
     try:
         store.get(key)
