@@ -6,7 +6,7 @@ class AccountsConfig(AppConfig):
     name = "accounts"
 
     def ready(self):
-        from . import adjust, audit, locks, recovery, workers
+        from . import adjust, audit, locks, notify, recovery, workers
 
         locks.register_finisher("adjust", adjust.finish_adjust)
         recovery.register_account_check("locks", recovery.ExpiredLocks)
@@ -17,6 +17,8 @@ class AccountsConfig(AppConfig):
             "recovery", recovery.run_recovery, every=lambda: settings.RECOVERY_INTERVAL_SECONDS
         )
         workers.register_init(workers.init_schema)
+        # The email outbox: sends what the money flows and the review queued (never on a request).
+        workers.register_task("notices", notify.run_sender)
 
         # An SQLite ORM database (users' password hashes, sessions) is the owner's alone.
         database = settings.DATABASES["default"]

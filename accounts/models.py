@@ -30,6 +30,8 @@ class User(AbstractUser):
     totp_secret = models.CharField(max_length=64, blank=True, default="")
     totp_last_step = models.BigIntegerField(default=0)
     recovery_code_hashes = models.JSONField(default=list, blank=True)
+    # Notice kinds (accounts/notify.py KINDS) this user turned off; every other kind is on.
+    notify_off = models.JSONField(default=list, blank=True)
 
     @property
     def has_2fa(self) -> bool:

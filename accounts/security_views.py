@@ -29,7 +29,7 @@ from django.views.decorators.http import require_POST
 
 from docstore import get_clock
 
-from . import ratelimit, twofactor
+from . import notify, ratelimit, twofactor
 from .models import User
 
 log = logging.getLogger(__name__)
@@ -120,15 +120,33 @@ class EmailForm(forms.Form):
         label="Email address",
         required=False,
         max_length=254,
-        help_text="Optional. Used for password resets, nothing else.",
+        help_text="Optional. Used for password resets and the notices you choose below.",
         widget=forms.EmailInput(attrs={"autocomplete": "email"}),
     )
+
+
+class NotifyForm(forms.Form):
+    """One checkbox per notice kind; an unticked kind is turned off (stored in `notify_off`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for kind, label in notify.KINDS.items():
+            self.fields[kind] = forms.BooleanField(label=label, required=False)
+
+    @classmethod
+    def for_user(cls, user: User) -> NotifyForm:
+        off = set(user.notify_off or [])
+        return cls(initial={kind: kind not in off for kind in notify.KINDS})
+
+    def turned_off(self) -> list[str]:
+        return [kind for kind in notify.KINDS if not self.cleaned_data.get(kind)]
 
 
 def _security_page(request, email_form=None, status=200) -> HttpResponse:
     user = request.user
     context = {
         "email_form": email_form or EmailForm(initial={"email": user.email}),
+        "notify_form": NotifyForm.for_user(user),
         "recovery_left": len(user.recovery_code_hashes),
         "active_tab": "security",
     }
@@ -178,6 +196,18 @@ def set_email(request: HttpRequest) -> HttpResponse:
         messages.success(request, f"We sent a confirmation link to {email}; open it to finish.")
     else:
         messages.info(request, "That address is already confirmed.")
+    return redirect("account_security")
+
+
+@require_POST
+@login_required
+def set_notifications(request: HttpRequest) -> HttpResponse:
+    form = NotifyForm(request.POST)
+    form.is_valid()  # checkboxes: anything not "on" is off, so every POST is valid
+    user = request.user
+    user.notify_off = form.turned_off()
+    user.save(update_fields=["notify_off"])
+    messages.success(request, "Your email notification choices were saved.")
     return redirect("account_security")
 
 

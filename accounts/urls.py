@@ -17,6 +17,7 @@ urlpatterns = [
     path("account/security/", sv.security, name="account_security"),
     path("account/password/", sv.PasswordChangeView.as_view(), name="password_change"),
     path("account/email/", sv.set_email, name="set_email"),
+    path("account/notifications/", sv.set_notifications, name="set_notifications"),
     path("account/email/verify/<str:token>/", sv.verify_email, name="verify_email"),
     path("account/2fa/setup/", sv.twofactor_setup, name="twofactor_setup"),
     path("account/2fa/disable/", sv.twofactor_disable, name="twofactor_disable"),

@@ -37,7 +37,7 @@ from accounts.audit import Report
 from accounts.gateway import DIR_CHUNK, full_ledger, get_account, walk_directory
 from docstore import AlreadyExists, Ambiguous, CasMismatch, Clock, NotFound, Store
 
-from . import node_alerts
+from . import node_alerts, notices
 from .chain import RPC_INVALID_ADDRESS_OR_KEY, ChainError, ChainUnavailable, Payment, get_chain
 from .gateway import DEPOSITDIR, deposit_key, depositdir_key, watchcursor_key
 
@@ -388,19 +388,35 @@ def watch_pass(store: Store, clock: Clock, chain: Any) -> dict[str, int]:
             log.error("bitcoind does not know the cursor block %s; listing from the start", cursor)
             payments, new_cursor = chain.payments_since(None, required)
         counters = credit_confirmed(store, clock, payments, chain=chain)
+        # After crediting and before the cursor may pass these payments (bitcoinkeys/notices.py).
+        counters["noticed"], counters["noticesheld"] = _queue_notices(store, clock, payments)
     except ChainError as exc:
         # One log line and one admin banner per kind of fault, not one per pass.
         node_alerts.raise_alert(store, clock, "deposits", exc)
         counters = {"unavailable" if isinstance(exc, ChainUnavailable) else "chainerror": 1}
     else:
         node_alerts.clear_alert(store, "deposits")
-        if counters["busy"] or counters["failed"]:
+        if counters["busy"] or counters["failed"] or counters["noticesheld"]:
             # Something creditable is still uncredited: the next pass must list it again.
             counters["held"] = 1
         elif new_cursor != cursor:
             counters["advanced"] = int(_advance_cursor(store, clock, cas, new_cursor))
     heartbeat.beat(store, HEARTBEAT, clock.now(), **counters)
     return counters
+
+
+def _queue_notices(store: Store, clock: Clock, payments: list[Payment]) -> tuple[int, int]:
+    """(queued, 1 if queueing failed and the cursor must hold)."""
+    listed: dict[str, set[str]] = {}
+    for p in payments:
+        if not p.removed:
+            listed.setdefault(p.address, set()).add(p.outpoint)
+    try:
+        return notices.queue_deposits(store, clock, listed), 0
+    except Exception:
+        log.warning("could not queue deposit notices; the listing is kept for the next pass",
+                    exc_info=True)  # fmt: skip
+        return 0, 1
 
 
 def _check_node(chain: Any) -> None:

@@ -52,7 +52,7 @@ from accounts.gateway import account_key, directory_size, full_ledger, get_accou
 from accounts.money import MAX_SATS, fee_up, format_btc
 from docstore import AlreadyExists, Ambiguous, CasMismatch, Clock, Doc, NotFound, Store
 
-from . import node_alerts
+from . import node_alerts, notices
 from .addresses import AddressError, validate_address
 from .chain import NOT_READY_CODES, ChainError, ChainUnavailable
 from .gateway import (
@@ -808,6 +808,8 @@ def process(
     scan = _scan(store, clock)
     work = scan.in_state(QUEUED, SENDING, FAILED)
     if not work:
+        # Sent requests the cursor never passed (a crash after their `sent` CAS): their notices.
+        notices.queue_withdrawals_sent(store, clock, [r.key for r in scan.in_state(SENT)])
         return report
     check = getattr(chain, "check_node", None)
     if check is not None:
@@ -842,6 +844,11 @@ def process(
         if pass_.waiting:
             report.notes.append(_cap_note(daily_cap, pass_.waiting))
         finished = {ln.key for ln in report.lines if ln.state in TERMINAL}
+        # Before the cursor passes them: a crash right after a `sent` CAS loses no notice.
+        sent = [r.key for r in scan.in_state(SENT)] + [
+            ln.key for ln in report.lines if ln.state == SENT
+        ]
+        notices.queue_withdrawals_sent(store, clock, sent)
         _advance_cursor(store, scan, scan.frontier(finished))
     except Exception:
         _release_quietly(lease)
@@ -1009,6 +1016,7 @@ class _Pass:
             self.emit(key, current, "conflict", txid, detail)
             return
         self.emit(key, done.value, "sent", txid, "found in the payout wallet" if found else "")
+        notices.queue_withdrawal_sent_quietly(self.store, self.clock, key, done.value)
 
     def fail(self, key: str, doc: Doc, error: str) -> None:
         attempt_id = (doc.value.get("attempt") or {}).get("id")

@@ -152,7 +152,8 @@ def check(world: World, full_audit: bool = True) -> None:
     for outcome in world.outcomes:
         if outcome[0] == "ok" and isinstance(outcome[1], tuple) and outcome[1][0] == "watcher":
             counters = outcome[1][1]
-            if not (counters.get("busy") or counters.get("failed")):
+            # (a pass whose notices could not be queued keeps its listing too)
+            if not (counters.get("busy") or counters.get("failed") or counters.get("noticesheld")):
                 store.get(watchcursor_key("deposits"))  # a clean pass moved the cursor
 
 

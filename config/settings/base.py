@@ -231,6 +231,13 @@ EMAIL_VERIFY_SECONDS = env.int("EMAIL_VERIFY_SECONDS", default=3 * 24 * 3600)
 # names a server, e.g. smtp+tls://user:password@smtp.example.com:587.
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="webmaster@localhost")
+# Seconds an SMTP connection may take: the worker sends notices between its money tasks, so a
+# dead mail server must not hold them up (Django's default is to wait forever).
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+# "Your ad is about to start" goes out this many minutes before a queued slot starts.
+SLOT_START_NOTICE_MINUTES = env.int("SLOT_START_NOTICE_MINUTES", default=10)
+if SLOT_START_NOTICE_MINUTES < 1:
+    raise environ.ImproperlyConfigured("SLOT_START_NOTICE_MINUTES must be at least 1")
 
 # Per user and hour: deposit addresses dealt (each burns a key) and withdrawal requests.
 ADDRESS_RATE_LIMIT = env.int("ADDRESS_RATE_LIMIT", default=10)
