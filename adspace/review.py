@@ -255,7 +255,9 @@ def _finish(store: Store, clock: Clock, buyer: str, lock: dict, doc: Doc | None 
         locks.release(store, buyer, lock["token"])
         return False
     mark(store, clock, lock["owner"], lock["n"], lock["slot"], "rejected", lock["endsAt"])
-    locks.settle(store, clock, buyer, lock["token"], lock["amount"])
+    who = "staff" if lock["staff"] else "the seller"
+    reason = f"Ad rejected by {who}: {lock['reason']}"
+    locks.settle(store, clock, buyer, lock["token"], lock["amount"], reason=reason)
     return True
 
 

@@ -9,7 +9,7 @@ from accounts.gateway import get_account
 from adspace import buy, credit, gateway, review, serving
 from tests.invariants import assert_audit_clean
 from tests.test_admin_dashboard import register_everything
-from tests.test_buy import HUGE, M, make_market
+from tests.test_buy import HUGE, make_market
 
 pytestmark = pytest.mark.django_db
 

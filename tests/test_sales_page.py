@@ -106,7 +106,7 @@ def test_approving_credits_the_sale_on_the_next_pass(seller_client, store, clock
     assert "Approved" in html and ">Approve</button>" not in html
 
 
-def test_rejecting_refunds_the_buyer_and_shows_the_reason(seller_client, store, clock):
+def test_rejecting_refunds_the_buyer_and_shows_the_reason(seller_client, store, clock, make_user):
     n = campaign_with_sales(store, clock, "seller")
     before = balance(store, "b0")
     response = seller_client.post(
@@ -116,6 +116,11 @@ def test_rejecting_refunds_the_buyer_and_shows_the_reason(seller_client, store, 
     assert balance(store, "b0") == before + M
     html = seller_client.get(f"/account/sales/{n}/").content.decode()
     assert "Rejected by you: Off-topic &lt;b&gt;ad&lt;/b&gt; (buyer refunded)" in html
+    # The buyer reads the reason in their account history.
+    seller_client.force_login(make_user("b0"))
+    history = seller_client.get("/account/").content.decode()
+    assert "Refund: ad rejected" in history
+    assert "Ad rejected by the seller: Off-topic &lt;b&gt;ad&lt;/b&gt;" in history
 
 
 def test_review_mode_is_saved_and_refuses_unknown_modes(seller_client, store, clock):
