@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # A reason and a CSRF token, with room to spare; anything larger is not from our form.
 DECISION_MAX_BODY_BYTES = 8 * 1024
+BUSY = "The buyer's account is busy with another operation; try again in a moment."
 UNKNOWN = (
     "We could not confirm the change; reload the sales page in a minute to see whether it "
     "happened. A rejection refunds the buyer at most once."
@@ -91,8 +92,8 @@ def _act(request: HttpRequest, action, done: str, back: str) -> HttpResponse:
         result = action()
     except review.ReviewError as exc:
         raise PageError(exc.status, str(exc), (back, "Back to your sales")) from None
-    except locks.AccountBusy as exc:
-        raise PageError(409, str(exc), (back, "Back to your sales")) from None
+    except locks.AccountBusy:
+        raise PageError(409, BUSY, (back, "Back to your sales")) from None
     except (Ambiguous, TemporaryFailure):
         log.warning("review action outcome unknown", exc_info=True)
         raise PageError(503, UNKNOWN, (back, "Back to your sales")) from None

@@ -195,3 +195,14 @@ def test_decisions_take_post_only(seller_client, store, clock):
     before = store.dump()
     assert seller_client.get(f"/account/sales/{n}/0/approve").status_code == 405
     assert store.dump() == before
+
+
+def test_a_busy_buyer_is_a_409_and_nothing_changes(seller_client, store, clock):
+    from accounts import locks
+
+    n = campaign_with_sales(store, clock, "seller")
+    locks.take_lock(store, clock, "b0", "adjust", "someone-else")
+    before = store.dump()
+    response = seller_client.post(f"/account/sales/{n}/0/reject", {"reason": "no"})
+    assert response.status_code == 409 and "busy" in response.content.decode()
+    assert store.dump() == before
