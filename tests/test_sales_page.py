@@ -206,3 +206,32 @@ def test_a_busy_buyer_is_a_409_and_nothing_changes(seller_client, store, clock):
     response = seller_client.post(f"/account/sales/{n}/0/reject", {"reason": "no"})
     assert response.status_code == 409 and "busy" in response.content.decode()
     assert store.dump() == before
+
+
+def test_the_embed_shows_the_placeholder_once_the_ad_is_rejected(
+    seller_client, client, store, clock
+):
+    n = campaign_with_sales(store, clock, "seller")
+    clock.advance(-60)  # back inside slot 0
+    assert "https://b0.test/" in client.get(f"/embed/seller/{n}").content.decode()
+    seller_client.post(f"/account/sales/{n}/0/reject", {"reason": "no"})
+    html = client.get(f"/embed/seller/{n}").content.decode()
+    assert "https://b0.test/" not in html and "Your ad here" in html
+
+
+def test_approve_first_embeds_the_placeholder_until_approved(seller_client, client, store, clock):
+    n = campaign_with_sales(store, clock, "seller", sales=0)
+    seller_client.post(f"/account/sales/{n}/review-mode", {"mode": "approve"})
+    campaign_with_sales_into(store, clock, n)
+    assert "Your ad here" in client.get(f"/embed/seller/{n}").content.decode()
+    seller_client.post(f"/account/sales/{n}/0/approve")
+    assert "https://b0.test/" in client.get(f"/embed/seller/{n}").content.decode()
+
+
+def campaign_with_sales_into(store, clock, n):
+    from accounts.adjust import adjust_balance
+
+    ensure_account(store, clock, "b0")
+    adjust_balance(store, clock, "b0", HUGE // 1000, "funding")
+    gateway.create_filler(store, clock, "b0", "main", "h", "https://b0.test/", 300, 250, SHA)
+    buy.buy_next_slot(store, clock, "b0", "seller", n, 0, HUGE)
