@@ -23,6 +23,9 @@ class Report:
     facts: dict[str, int] = field(default_factory=dict)
     breaches: list[str] = field(default_factory=list)
     check_locks: bool = True
+    # Ledger entries of these kinds, (username, entry), for the app that owns them to match
+    # against its documents (adspace: every rejection refund must be a rejected sale's).
+    collected: dict[str, list[tuple[str, dict]]] = field(default_factory=lambda: {"reject": []})
 
     def add(self, side: dict[str, int], name: str, amount: int) -> None:
         side[name] = side.get(name, 0) + amount
@@ -78,6 +81,9 @@ def audit_accounts(store: Store, report: Report) -> None:
         refs = [e["ref"] for e in entries]
         if len(refs) != len(set(refs)):
             report.breaches.append(f"ledger of {username} applies a ref twice")
+        for e in entries:
+            if e["kind"] in report.collected:
+                report.collected[e["kind"]].append((username, e))
         adjusts = [e for e in entries if e["kind"] == "adjust"]
         report.add(report.came_in, "adjustments", sum(e["delta"] for e in adjusts))
         _check_adjust_commits(store, report, username, adjusts)

@@ -23,7 +23,7 @@ from .gateway import LEDGER_PAGE_SIZE, account_key, ledger_page_key
 
 log = logging.getLogger("accounts.money")
 
-KINDS = ("buy", "deposit", "credit", "withdraw-hold", "withdraw-refund", "adjust")
+KINDS = ("buy", "deposit", "credit", "withdraw-hold", "withdraw-refund", "adjust", "reject")
 MAX_ATTEMPTS = 50
 
 Finisher = Callable[[Store, Clock, str, dict], None]

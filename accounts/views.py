@@ -40,6 +40,7 @@ KIND_LABELS = {
     "withdraw-hold": "Withdrawal",
     "withdraw-refund": "Withdrawal refunded",
     "adjust": "Adjustment by staff",
+    "reject": "Refund: ad rejected",
 }
 _ESCAPED_LABELS = {kind: escape(label) for kind, label in KIND_LABELS.items()}
 
@@ -51,6 +52,7 @@ LOCK_LABELS = {
     "withdraw-hold": "a withdrawal request",
     "withdraw-refund": "a withdrawal refund",
     "adjust": "an adjustment by staff",
+    "reject": "a refund for a rejected ad",
 }
 
 

@@ -1,34 +1,37 @@
 """Staff pages for campaigns and slots, and the adspace panel of the admin dashboard.
 
 `register_admin()` (called from `AdspaceConfig.ready`) adds them through the registries in
-`accounts.admin` and `accounts.dashboard`, so `accounts` never imports adspace. Read-only: a
-sale is final once its slot exists, and crediting is the creditor's job (`credit_sellers`).
+`accounts.admin` and `accounts.dashboard`, so `accounts` never imports adspace. Read-only but for
+take-downs (below): a sale is final once its slot exists, and crediting is the creditor's job.
 
 Lists page through the `campaigndir` directory by index (newest first), so a page costs a few
 batched reads whatever the number of campaigns; a campaign's slots page by slot index the same
-way.
+way. The one write: staff may take an ad down (`take_down_view`, adspace.review).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.http import urlencode
 
-from accounts import dashboard
+from accounts import dashboard, locks
 from accounts.admin import admin_context, paginate, register_admin_urls, register_operation
 from accounts.audit import Report
 from accounts.gateway import directory_size
 from accounts.models import USERNAME_RE
 from docstore import Clock, DocstoreError, NotFound, Store, get_clock, get_store
 
-from . import credit, gateway, pricing
+from . import credit, gateway, pricing, review
+
+log = logging.getLogger(__name__)
 
 CAMPAIGNS_PER_PAGE = 50
 SLOTS_PER_PAGE = 50
@@ -176,6 +179,8 @@ class SlotLine:
     filler: str
     tx_state: str
     fee: int | None
+    review: str = ""
+    can_take_down: bool = False
 
     @property
     def buyer_url(self) -> str:
@@ -237,6 +242,8 @@ def campaign_view(request: HttpRequest, owner: str, n: int) -> HttpResponse:
                 filler=slot.get("filler", ""),
                 tx_state=tx["state"] if tx else "no tx yet",
                 fee=tx["fee"] if tx else None,
+                review=_review_text(tx, now) if tx and k <= top else "",
+                can_take_down=bool(tx) and k <= top and _can_take_down(tx),
             )
         )
     context = admin_context(
@@ -262,6 +269,58 @@ def campaign_view(request: HttpRequest, owner: str, n: int) -> HttpResponse:
     return TemplateResponse(request, "admin/adspace/campaign.html", context)
 
 
+def _review_text(tx: dict, now: int) -> str:
+    if tx["state"] == "rejected":
+        by = "staff" if tx["rejection"].get("staff") else "seller"
+        return f"rejected by {by} {tx['rejection']['by']}: {tx['rejection']['reason']}"
+    if tx.get("takenDown"):
+        return f"taken down by {tx['takenDown']['by']}: {tx['takenDown']['reason']}"
+    if review.in_review(tx, now):
+        return "in review"
+    return "approved" if tx.get("approvedAt") else ""
+
+
+def _can_take_down(tx: dict) -> bool:
+    return tx["state"] == "uncredited" or (tx["state"] == "credited" and not tx.get("takenDown"))
+
+
+TAKEN_DOWN = {
+    "refunded": "Slot {k} of {owner}/{n} taken down: the sale was not credited yet, so it is "
+    "rejected and its buyer refunded in full; the seller is credited nothing.",
+    "hidden": "Slot {k} of {owner}/{n} taken down: the sale was already credited to the seller, "
+    "so the ad is only hidden and no money moved.",
+}
+
+
+def take_down_view(request: HttpRequest, owner: str, n: int, k: int) -> HttpResponse:
+    """Staff take an ad down, with a reason: a rejection with refund before its sale is
+    credited, else only hidden (adspace.review.take_down). A refusal is the campaign page with
+    the reason and a 4xx status; nothing is written."""
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    if not re.match(USERNAME_RE, owner):
+        messages.error(request, "Usernames are 1 to 32 letters and digits.")
+        return HttpResponseRedirect(reverse("admin:adspace_campaigns"))
+    store, clock = get_store(), get_clock()
+    try:
+        result = review.take_down(
+            store, clock, request.user.get_username(), owner, n, k, request.POST.get("reason")
+        )
+    except review.ReviewError as exc:
+        messages.error(request, str(exc))
+        response = campaign_view(request, owner, n)
+        response.status_code = exc.status
+        return response
+    except (locks.AccountBusy, DocstoreError) as exc:
+        messages.error(request, f"Not confirmed ({exc}); reload and check the slot, then retry.")
+        response = campaign_view(request, owner, n)
+        response.status_code = 409 if isinstance(exc, locks.AccountBusy) else 503
+        return response
+    log.warning("staff take-down by=%s slot=%s/%s/%s result=%s", request.user, owner, n, k, result)
+    messages.success(request, TAKEN_DOWN[result].format(k=k, owner=owner, n=n))
+    return HttpResponseRedirect(reverse("admin:adspace_campaign", args=[owner, n]))
+
+
 # --- registration (from AdspaceConfig.ready) --------------------------------------------------
 
 
@@ -271,6 +330,11 @@ def register_admin() -> None:
         [
             ("adspace/campaigns/", campaigns_view, "adspace_campaigns"),
             ("adspace/campaigns/<str:owner>/<int:n>/", campaign_view, "adspace_campaign"),
+            (
+                "adspace/campaigns/<str:owner>/<int:n>/<int:k>/take-down",
+                take_down_view,
+                "adspace_take_down",
+            ),
         ]
     )
     register_operation(

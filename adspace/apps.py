@@ -7,11 +7,12 @@ class AdspaceConfig(AppConfig):
     def ready(self):
         from accounts import apikeys, audit, locks, recovery, workers
 
-        from . import api, buy, credit, notices
+        from . import api, buy, credit, notices, review
         from . import audit as adspace_audit
 
         locks.register_finisher("buy", buy.finish_buy_lock)
         locks.register_finisher("credit", credit.finish_credit_lock)
+        locks.register_finisher("reject", review.finish_reject_lock)
         recovery.register_pass("campaigns", buy.recover_campaigns)
         audit.register_audit(adspace_audit.audit_adspace)
         # The API key tab lives in accounts, which must not import adspace.

@@ -18,18 +18,22 @@ from docstore import Store
 
 from . import gateway
 from .credit import net_amount
+from .review import KIND as REJECT_KIND
 
 CHUNK = 500
 
 
 class _Sellers:
-    """Each seller's account and "credit" ledger entries, read once per audit."""
+    """Each seller's (and each refunded buyer's) account, "credit" and "reject" ledger entries,
+    read once per audit."""
 
     def __init__(self, store: Store):
         self.store = store
         self.accounts: dict[str, dict | None] = {}
         self.credits: dict[str, dict[str, list[int]]] = {}
+        self.refunds: dict[str, dict[str, list[int]]] = {}
         self.matched: dict[str, set[str]] = defaultdict(set)
+        self.refunds_matched: dict[str, set[str]] = defaultdict(set)
 
     def load(self, sellers: set[str]) -> None:
         wanted = [s for s in sellers if s not in self.accounts]
@@ -39,10 +43,14 @@ class _Sellers:
             self.accounts[seller] = account
             entries = full_ledger(self.store, seller, account) if account else []
             credits: dict[str, list[int]] = defaultdict(list)
+            refunds: dict[str, list[int]] = defaultdict(list)
             for entry in entries:
                 if entry["kind"] == "credit":
                     credits[entry["ref"]].append(entry["delta"])
+                elif entry["kind"] == REJECT_KIND:
+                    refunds[entry["ref"]].append(entry["delta"])
             self.credits[seller] = credits
+            self.refunds[seller] = refunds
 
     def lock(self, seller: str) -> dict | None:
         return (self.accounts.get(seller) or {}).get("lock")
@@ -52,12 +60,15 @@ def audit_adspace(store: Store, report: Report) -> None:
     report.add(report.held, "uncredited sales", 0)
     report.add(report.held, "sale fees earned", 0)
     report.add(report.held, "seller credits in flight", 0)
+    report.add(report.held, "rejection refunds in flight", 0)
     sellers = _Sellers(store)
+
     refs = list(gateway.iter_campaign_refs(store))
     for start in range(0, len(refs), CHUNK):
         chunk = refs[start : start + CHUNK]
         campaigns = gateway.get_many(store, [gateway.campaign_key(o, n) for o, n in chunk])
         credited: list[tuple[str, str, dict]] = []
+        rejected: list[tuple[str, str, dict]] = []
         selling: set[str] = set()  # owners with at least one sale in this chunk
         for owner, n in chunk:
             campaign = campaigns.get(gateway.campaign_key(owner, n))
@@ -66,25 +77,36 @@ def audit_adspace(store: Store, report: Report) -> None:
             report.facts["campaigns"] = report.facts.get("campaigns", 0) + 1
             last = campaign.get("last")
             top = last["slot"] if last else -1
-            credited += _audit_slots(store, report, owner, n, top)
+            credited += _audit_slots(store, report, owner, n, top, rejected)
             if top >= 0:
                 selling.add(owner)
         # Sellers are read after their txs, so a credit finishing in between shows as settled.
-        sellers.load(selling)
+        sellers.load(selling | {tx["buyer"] for _, _, tx in rejected})
         for owner, key, tx in credited:
             _audit_credit(report, sellers, owner, key, tx)
+        for _, key, tx in rejected:
+            _audit_rejection(report, sellers, key, tx)
     # Every "credit" entry of a seller must be a sale of theirs that is credited.
     for seller, credits in sellers.credits.items():
         for ref in credits.keys() - sellers.matched[seller]:
             report.breaches.append(
                 f"ledger of {seller} has a credit for {ref}, not a credited sale"
             )
+    # Every "reject" entry of any account (the accounts audit, which runs first, collected them
+    # all) must be the refund of a rejected sale that account bought.
+    for buyer, entry in report.collected.get(REJECT_KIND, []):
+        if entry["ref"] not in sellers.refunds_matched[buyer]:
+            report.breaches.append(
+                f"ledger of {buyer} has a rejection refund for {entry['ref']}, "
+                "not a rejected sale of theirs"
+            )
 
 
 def _audit_slots(
-    store: Store, report: Report, owner: str, n: int, top: int
+    store: Store, report: Report, owner: str, n: int, top: int, rejected: list
 ) -> list[tuple[str, str, dict]]:
-    """Check slots and txs 0..top; returns the credited txs, for the seller checks."""
+    """Check slots and txs 0..top; returns the credited txs, for the seller checks, and adds the
+    rejected ones to `rejected`, for the buyer checks."""
     where = f"campaign::{owner}::{n}"
     credited: list[tuple[str, str, dict]] = []
     beyond = gateway.get_slots(store, owner, n, top + 1, top + 2)
@@ -124,6 +146,11 @@ def _audit_slots(
                 continue
             if tx["state"] == "uncredited":
                 report.add(report.held, "uncredited sales", tx["amount"])
+            elif tx["state"] == "rejected":
+                # Nothing held: the price goes back to the buyer (counted there, or in flight).
+                rejected.append((owner, key, tx))
+                if "creditToken" in tx:
+                    report.breaches.append(f"{key} is rejected but carries a credit")
             else:
                 report.add(report.held, "sale fees earned", tx["fee"])
                 credited.append((owner, key, tx))
@@ -145,4 +172,24 @@ def _audit_credit(report: Report, sellers: _Sellers, seller: str, key: str, tx: 
     if deltas != [net_amount(tx)]:
         report.breaches.append(
             f"{key} credited to {seller} as {deltas}, expected once as {net_amount(tx)}"
+        )
+
+
+def _audit_rejection(report: Report, sellers: _Sellers, key: str, tx: dict) -> None:
+    """A rejected tx: its buyer's ledger has exactly one "reject" refund of the full price,
+    unless the rejection's lock on the buyer is still in flight (committed, not yet settled).
+    (Its seller having no credit for it is the credit check above: a credit must name a
+    credited tx.)"""
+    buyer = tx["buyer"]
+    sellers.refunds_matched[buyer].add(key)
+    deltas = sellers.refunds.get(buyer, {}).get(key, [])
+    lock = sellers.lock(buyer)
+    if lock and lock["token"] == tx.get("rejectToken"):
+        report.add(report.held, "rejection refunds in flight", tx["amount"])
+        if deltas:
+            report.breaches.append(f"{key} refunded to {buyer} while its refund is in flight")
+        return
+    if deltas != [tx["amount"]]:
+        report.breaches.append(
+            f"{key} refunded to {buyer} as {deltas}, expected once as {tx['amount']}"
         )

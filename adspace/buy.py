@@ -29,7 +29,7 @@ from accounts.gateway import get_account
 from accounts.money import fee_up
 from docstore import AlreadyExists, Ambiguous, Clock, NotFound, Store
 
-from . import gateway, pricing
+from . import gateway, pricing, review
 
 
 class BuyError(locks.AccountError):
@@ -173,6 +173,8 @@ def _tx_doc(owner: str, slot: dict) -> dict:
         "fee": sale_fee(slot["price"]),
         "state": "uncredited",
         "token": slot["token"],
+        # Fixed at sale time from the slot (the same whoever writes the tx): see adspace.review.
+        "reviewUntil": review.window_end(slot["purchasedAt"], slot["endsAt"]),
     }
 
 

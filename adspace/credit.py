@@ -12,6 +12,11 @@ Every step after the lock is idempotent, so the lock's lease recovery (`finish_c
 finisher for kind `credit`) rolls it forward from the lock alone. This fixes what the original
 left unfinished: a seller left locked to a tx that was already credited stayed locked forever.
 
+Review (adspace.review): a sale still in its review window, not approved, is left alone; the
+cursor stops at the first such sale while the walk goes on to credit approved ones past it. A
+rejected tx is never credited (`_commit` only moves `uncredited`, the state the rejection's own
+commit CAS also starts from, so exactly one of the two lands); the cursor passes it adding nothing.
+
 The walk stops at the campaign's `last` slot, not merely at the first missing tx: `last` moves
 past k only after the buyer of k was debited (buy step 5 precedes step 6), so a seller is never
 credited for a sale whose buyer still holds the money, and the books never count it twice.
@@ -39,7 +44,7 @@ from docstore import (
     Store,
 )
 
-from . import gateway
+from . import gateway, review
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +81,10 @@ class _Cursor:
         except NotFound:
             self._set(None)
 
-    def advance(self, k: int, net: int) -> bool:
+    def advance(self, k: int, net: int, sales: int = 1) -> bool:
         """Move `next` from k to k+1, adding tx k to earned/sales; False if the cursor is behind k.
+
+        A rejected tx passes with net 0 and sales 0: it was never credited, and never will be.
 
         Why earned stays exact across crashes and rival creditors: `next` only ever moves by one,
         from k to k+1, in a CAS (insert when absent) that also adds tx k's net amount and one
@@ -95,7 +102,7 @@ class _Cursor:
             new = {
                 "next": k + 1,
                 "earned": self.value["earned"] + net,
-                "sales": self.value["sales"] + 1,
+                "sales": self.value["sales"] + sales,
             }
             try:
                 if self.cas is None:
@@ -122,8 +129,11 @@ def _credit_lock_fields(owner: str, n: int, k: int, tx: dict) -> dict:
     return {"owner": owner, "n": n, "slot": k, "amount": tx["amount"], "fee": tx["fee"]}
 
 
-def _commit(store: Store, clock: Clock, tx_key: str, token: str, doc: Doc | None = None) -> str:
-    """The commit point: CAS the tx to `credited` under `token`. Returns the token it holds now.
+def _commit(
+    store: Store, clock: Clock, tx_key: str, token: str, doc: Doc | None = None
+) -> str | None:
+    """The commit point: CAS the tx to `credited` under `token`. Returns the token it holds now,
+    or None when the tx was rejected (the rejection's CAS from `uncredited` won the race).
 
     `doc` is the tx as the walk read it: its CAS saves a read, and if the tx changed since (a
     rival credited it), the CAS fails and the re-read decides.
@@ -134,6 +144,8 @@ def _commit(store: Store, clock: Clock, tx_key: str, token: str, doc: Doc | None
         tx = doc.value
         if tx["state"] == "credited":
             return tx["creditToken"]
+        if tx["state"] != "uncredited":
+            return None  # rejected (adspace.review): its buyer was refunded, nobody is credited
         credited = {**tx, "state": "credited", "creditToken": token, "creditedAt": clock.now()}
         try:
             store.replace(tx_key, credited, doc.cas)
@@ -174,23 +186,29 @@ def _ensure_settled(store: Store, clock: Clock, seller: str, credit_token: str) 
     locks.finish(store, clock, seller, lock)
 
 
-def _credit_one(store: Store, clock: Clock, owner: str, n: int, k: int, doc: Doc) -> int:
-    """Make sure tx k is credited and settled. Returns the sats this call credited (0 if a
-    previous pass or a rival did). Raises AccountBusy when the seller holds another live lock."""
+def _credit_one(
+    store: Store, clock: Clock, owner: str, n: int, k: int, doc: Doc
+) -> tuple[int, bool]:
+    """Make sure tx k (out of review) is credited and settled. Returns the sats this call
+    credited (0 if a previous pass or a rival did) and whether the tx is credited (False: it
+    was rejected). Raises AccountBusy when the seller holds another live lock."""
     key, tx = gateway.tx_key(owner, n, k), doc.value
     seller = tx["seller"]
     if tx["state"] == "credited":
         _ensure_settled(store, clock, seller, tx["creditToken"])
-        return 0
+        return 0, True
+    if tx["state"] == "rejected":
+        return 0, False
     lock = locks.take_lock(store, clock, seller, KIND, key, **_credit_lock_fields(owner, n, k, tx))
-    if _commit(store, clock, key, lock["token"], doc) != lock["token"]:
-        # A rival credited it. Its lock is gone (we hold the seller's lock now, and its lock could
-        # only end through settle), so that credit is settled: ours simply had no effect.
+    winner = _commit(store, clock, key, lock["token"], doc)
+    if winner != lock["token"]:
+        # A rival credited it (its lock is gone: we hold the seller's lock now, and its lock could
+        # only end through settle, so that credit is settled) or a rejection won: no effect.
         locks.release(store, seller, lock["token"])
-        return 0
+        return 0, winner is not None
     if not locks.settle(store, clock, seller, lock["token"], net_amount(tx)):
-        return 0  # our lock outlived its lease and someone else's recovery settled it for us
-    return net_amount(tx)
+        return 0, True  # our lock outlived its lease and someone else's recovery settled it
+    return net_amount(tx), True
 
 
 def _walk(
@@ -216,6 +234,14 @@ def _walk(
     last = campaign.get("last")
     top = last["slot"] if last else -1
     k = cursor.value["next"]
+    now = clock.now()
+    if head is not None and review.in_review(head.value, now) and not _approved_after(campaign, k):
+        # Review windows close in slot order (purchase and slot end both grow with k), so every
+        # later sale is in review too, unless approved: and approvals are noted on the campaign.
+        return out
+    # Past a sale still in review the walk goes on crediting approved sales, but the cursor stays
+    # at the first one in review: it only moves over sales that are settled for good.
+    blocked = False
     known = {} if head is None else {gateway.tx_key(owner, n, k): head}
     while k <= top:
         end = min(top, k + CHUNK - 1)
@@ -229,18 +255,29 @@ def _walk(
                 # Below `last` every sale has its tx; the audit reports this one. Wait here.
                 out.missing.append(key)
                 return out
+            if review.in_review(doc.value, now):
+                blocked = True
+                continue
             try:
-                sats = _credit_one(store, clock, owner, n, j, doc)
+                sats, credited = _credit_one(store, clock, owner, n, j, doc)
                 if sats:
                     out.credited += 1
                     out.sats += sats
-                if not cursor.advance(j, net_amount(doc.value)):
+                if blocked:
+                    continue
+                net = net_amount(doc.value) if credited else 0
+                if not cursor.advance(j, net, 1 if credited else 0):
                     return out
             except locks.AccountBusy:
                 out.busy = True
                 return out
         k = end + 1
     return out
+
+
+def _approved_after(campaign: dict, k: int) -> bool:
+    reviews = campaign.get("reviews") or {}
+    return any(int(i) > k and e["state"] == "approved" for i, e in reviews.items())
 
 
 def credit_campaign(store: Store, clock: Clock, owner: str, n: int) -> int:
@@ -386,7 +423,7 @@ def _earnings(store: Store, refs: list[tuple[str, int]]) -> dict[tuple[str, int]
             if doc.value["state"] == "credited":
                 figures["earned"] += net_amount(doc.value)
                 figures["sales"] += 1
-            else:
+            elif doc.value["state"] == "uncredited":
                 figures["pending"] += net_amount(doc.value)
                 figures["pendingSales"] += 1
     return out

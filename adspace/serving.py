@@ -11,7 +11,9 @@ the earliest of the live slot's end and the next slot's early switch. A new sale
 answer before then only through `campaign["last"]` (the buy protocol advances it right after the
 slot insert), so every caller reads the campaign doc (one KV get; the API needs it anyway for the
 campaign's existence, size and price) and an entry whose stored `last` differs is recomputed.
-There is no staleness window: at every boundary the answer is exact.
+There is no staleness window: at every boundary the answer is exact. Review decisions (a
+rejection, an approval, a staff take-down, the campaign's review mode) are written to the campaign
+doc too (adspace.review), and are part of the entry's identity, so they take effect at once.
 
 The other per-process caches of the serving path (the API's answers, the embed's pages, image
 URLs) are `BoundedCache`s keyed by `store_ident`: they hold only what is immutable for their key
@@ -35,7 +37,7 @@ from typing import Any
 
 from docstore import NotFound, Store
 
-from . import gateway
+from . import gateway, review
 
 EARLY_SWITCH_SECONDS = 30
 # Slots one read fetches while walking back from the last sale: the live slot is almost always
@@ -162,7 +164,7 @@ def showing(store: Store, owner: str, n: int, now: int, campaign: dict | None = 
     # The store is part of the key (tests and tools open several); createdAt tells a campaign
     # from an older one of the same name, and `last` is what a sale changes.
     key = (store_ident(store), owner, n)
-    ident = (campaign.get("createdAt"), dict(last))
+    ident = (campaign.get("createdAt"), dict(last), review.review_ident(campaign))
     with _cache_lock:
         entry = _cache.get(key)
         # computed_at guards against a clock that moved back (another worker's skew).
@@ -174,12 +176,28 @@ def showing(store: Store, owner: str, n: int, now: int, campaign: dict | None = 
         ):
             _cache.move_to_end(key)
             return entry.showing
-    result = _walk(store, owner, n, last["slot"], now)
+    result = _reviewed(campaign, _walk(store, owner, n, last["slot"], now), now)
     with _cache_lock:
         _cache[key] = _Entry(ident, now, result)
         _cache.move_to_end(key)
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
+    return result
+
+
+def _reviewed(campaign: dict, result: Showing, now: int) -> Showing:
+    """The placeholder instead of an ad its seller rejected (or staff took down), and, in an
+    approve-first campaign, instead of one not approved while its review window is open."""
+    if result.slot is None or result.index is None:
+        return result
+    state = review.review_state(campaign, result.index)
+    if state in ("rejected", "hidden"):
+        return Showing(None, None, result.until)
+    if campaign.get("reviewMode") == "approve" and state != "approved":
+        closes = review.window_end(result.slot["purchasedAt"], result.slot["endsAt"])
+        if now < closes:
+            until = closes if result.until is None else min(result.until, closes)
+            return Showing(None, None, until)
     return result
 
 

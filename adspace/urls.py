@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path, re_path
 
-from . import views
+from . import sales_views, views
 
 urlpatterns = [
     path("ads/sell-ad-space/", views.sell, name="sell"),
@@ -18,5 +18,9 @@ urlpatterns = [
     path("account/ads/<str:index>/archive", views.archive_ad, name="archive_ad"),
     path("account/ads/", views.my_ads, name="my_ads"),
     path("account/ads/new/", views.new_ad, name="new_ad"),
+    path("account/sales/", sales_views.all_sales, name="sales"),
+    path("account/sales/<str:n>/", sales_views.campaign_sales, name="campaign_sales"),
+    path("account/sales/<str:n>/review-mode", sales_views.review_mode, name="review_mode"),
+    path("account/sales/<str:n>/<str:k>/<str:action>", sales_views.decide, name="decide_sale"),
     re_path(r"^img/(?P<sha256>[0-9a-f]{64})\.(?P<ext>png|jpg|gif)$", views.image, name="image"),
 ]

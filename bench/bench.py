@@ -160,6 +160,8 @@ def main() -> None:
         "BENCH_FLOOR": "true",
         # The per-slot allowance would turn all but 50 answers into 429s; measure the serving path.
         "API_REQUESTS_PER_SLOT": "0",
+        # The creditor figures measure crediting, which review windows would hold back 24 h.
+        "REVIEW_HOURS": "0",
         "LOG_LEVEL": "WARNING",
         "BIND": f"127.0.0.1:{port}",
     }

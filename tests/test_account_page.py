@@ -154,7 +154,7 @@ def test_every_account_tab_links_to_a_page_that_answers(client, store, seller):
     links = re.findall(r'href="([^"]+)"', tabs)
     assert links == [
         "/account/", "/account/funds/", "/account/withdraw/", "/account/purchases/", "/account/ads/",
-        "/account/ads/new/", "/account/api-key/", "/account/security/",
+        "/account/ads/new/", "/account/sales/", "/account/api-key/", "/account/security/",
     ]  # fmt: skip
     for link in links:
         assert client.get(link).status_code == 200, link

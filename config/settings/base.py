@@ -175,6 +175,10 @@ DOCSTORE = {
 # --- money (DESIGN.md section 5), all in satoshis ---
 LOCK_LEASE_SECONDS = env.int("LOCK_LEASE_SECONDS", default=30)
 SALE_FEE_PERMILLE = env.int("SALE_FEE_PERMILLE", default=15)
+# How long a seller may reject a sold ad (capped at the slot's end); sales are credited after it.
+REVIEW_HOURS = env.int("REVIEW_HOURS", default=24)
+if REVIEW_HOURS < 0:
+    raise environ.ImproperlyConfigured(f"REVIEW_HOURS must be 0 or more, not {REVIEW_HOURS}")
 WITHDRAW_FEE_PERMILLE = env.int("WITHDRAW_FEE_PERMILLE", default=15)
 MIN_CAMPAIGN_PRICE_SATS = env.int("MIN_CAMPAIGN_PRICE_SATS", default=300_000)
 MIN_DEPOSIT_SATS = env.int("MIN_DEPOSIT_SATS", default=300_000)
