@@ -25,14 +25,17 @@ the campaign doc, which is what invalidates every process's cached answer (servi
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from django.conf import settings
 
-from accounts import locks
-from docstore import Ambiguous, CasMismatch, Clock, Doc, NotFound, Store
+from accounts import locks, notify
+from docstore import Ambiguous, CasMismatch, Clock, Doc, DocstoreError, NotFound, Store
 
 from . import gateway
+
+log = logging.getLogger(__name__)
 
 KIND = "reject"
 MODES = ("show", "approve")
@@ -206,6 +209,9 @@ def approve_sale(store: Store, clock: Clock, owner: str, n: int, k: int) -> None
         if tx.get("approvedAt") and tx["state"] == "uncredited":
             # Approved by an earlier attempt that may have died before the campaign heard of it.
             mark(store, clock, owner, n, k, "approved", sale.ends_at)
+            _notify(
+                store, clock, tx["buyer"], "ad_approved", _sale(owner, n, k), _where(owner, n, k)
+            )
             raise AlreadyDecided()
         _check_open(tx, clock.now())
         try:
@@ -216,6 +222,9 @@ def approve_sale(store: Store, clock: Clock, owner: str, n: int, k: int) -> None
     else:
         raise locks.AccountBusy()
     mark(store, clock, owner, n, k, "approved", sale.ends_at)
+    _notify(
+        store, clock, doc.value["buyer"], "ad_approved", _sale(owner, n, k), _where(owner, n, k)
+    )
 
 
 # --- rejecting ------------------------------------------------------------------------------
@@ -255,10 +264,32 @@ def _finish(store: Store, clock: Clock, buyer: str, lock: dict, doc: Doc | None 
         locks.release(store, buyer, lock["token"])
         return False
     mark(store, clock, lock["owner"], lock["n"], lock["slot"], "rejected", lock["endsAt"])
+    # The buyer's email, queued after the commit point and before the refund settles: a crash
+    # in between is rolled forward through here again, and the notice is idempotent by its slot,
+    # so it is neither lost nor doubled. The refund never waits on it (a failure is only logged).
+    where = _where(lock["owner"], lock["n"], lock["slot"])
+    _notify(store, clock, buyer, "ad_rejected", lock, {**where, "reason": lock["reason"]})
     who = "staff" if lock["staff"] else "the seller"
     reason = f"Ad rejected by {who}: {lock['reason']}"
     locks.settle(store, clock, buyer, lock["token"], lock["amount"], reason=reason)
     return True
+
+
+def _sale(owner: str, n: int, k: int) -> dict:
+    return {"owner": owner, "n": n, "slot": k}
+
+
+def _where(owner: str, n: int, k: int) -> dict:
+    return {"campaign": f"{owner}/{n}", "slot": k}
+
+
+def _notify(store: Store, clock: Clock, buyer: str, kind: str, sale: dict, context: dict) -> None:
+    slot = gateway.slot_key(sale["owner"], sale["n"], sale["slot"])
+    try:
+        notify.queue(store, clock, buyer, kind, slot, context)
+    except DocstoreError:
+        # The decision stands either way; an email is not worth failing it over.
+        log.warning("review: could not queue %s for %s", kind, slot, exc_info=True)
 
 
 def finish_reject_lock(store: Store, clock: Clock, buyer: str, lock: dict) -> None:

@@ -267,7 +267,7 @@ def ledger_entries(store: Store, username: str, account: dict, lo: int, hi: int)
 
 
 def purchases_page(
-    store: Store, username: str, account: dict, before: int | None, size: int
+    store: Store, username: str, account: dict, before: int | None, size: int, now: int
 ) -> PurchasesPage:
     """Up to `size` of the user's purchases, newest first, from ledger positions below `before`.
 
@@ -294,19 +294,36 @@ def purchases_page(
             hi = lo
     older = hi if hi > 0 else None
     return PurchasesPage(
-        rows=_purchase_rows(store, [e for _, e in found]), older=older, total=total
+        rows=_purchase_rows(store, [e for _, e in found], now), older=older, total=total
     )
 
 
-def _purchase_rows(store: Store, entries: list[dict]) -> list[dict]:
+def purchase_review(tx: dict, now: int) -> dict:
+    """Where the seller's review of a bought slot stands, as its buyer sees it."""
+    if tx["state"] == "rejected":
+        rejection = tx.get("rejection") or {}
+        by = "staff" if rejection.get("staff") else "the seller"
+        return {"state": "rejected", "reason": rejection.get("reason", ""), "by": by}
+    if tx.get("takenDown"):
+        return {"state": "taken_down", "reason": tx["takenDown"].get("reason", ""), "by": "staff"}
+    if tx.get("approvedAt"):
+        return {"state": "approved"}
+    if tx["state"] == "uncredited" and now < tx.get("reviewUntil", 0):
+        return {"state": "in_review", "until": utc(tx["reviewUntil"])}
+    return {"state": "approved"}
+
+
+def _purchase_rows(store: Store, entries: list[dict], now: int) -> list[dict]:
     refs = [parse_slot_key(e["ref"]) for e in entries]
     slots = gateway.get_many(store, [e["ref"] for e in entries])
     campaign_keys = {gateway.campaign_key(o, n) for o, n, _ in refs}
     campaigns = gateway.get_many(store, sorted(campaign_keys))
     fillers = gateway.get_many(store, sorted({s["filler"] for s in slots.values()}))
+    txs = gateway.get_many(store, [gateway.tx_key(o, n, k) for o, n, k in refs])
     rows = []
     for entry, (owner, n, k) in zip(entries, refs, strict=True):
         slot = slots.get(entry["ref"])
+        tx = txs.get(gateway.tx_key(owner, n, k))
         campaign = campaigns.get(gateway.campaign_key(owner, n))
         filler = fillers.get(slot["filler"]) if slot else None
         rows.append(
@@ -320,8 +337,7 @@ def _purchase_rows(store: Store, entries: list[dict]) -> list[dict]:
                 "price": -entry["delta"],
                 "starts_at": utc(slot["startsAt"]) if slot else None,
                 "ends_at": utc(slot["endsAt"]) if slot else None,
-                # Set by the review of sold ads where a campaign reviews them; absent otherwise.
-                "review": (slot or {}).get("review"),
+                "review": purchase_review(tx, now) if tx else None,
             }
         )
     return rows

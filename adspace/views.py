@@ -344,7 +344,12 @@ def purchases(request: HttpRequest) -> HttpResponse:
             404, "There is no such page of your purchases.", _back("purchases", "Newest purchases")
         )
     page = services.purchases_page(
-        store, username, account, None if before is None else int(before), PURCHASES_PER_PAGE
+        store,
+        username,
+        account,
+        None if before is None else int(before),
+        PURCHASES_PER_PAGE,
+        get_clock().now(),
     )
     context = {
         "purchases": page.rows,

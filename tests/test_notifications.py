@@ -209,6 +209,42 @@ def test_a_crash_right_after_sent_loses_no_withdrawal_notice(
     assert len(messages_to("alice@example.test")) == 1
 
 
+# --- ad review ---------------------------------------------------------------------------------
+
+
+def test_a_rejected_ad_is_mailed_once_with_its_reason_even_when_recovery_finishes_it(
+    store, clock, campaign, settings
+):
+    from adspace import review
+    from docstore.faults import Crash
+
+    settings.REVIEW_HOURS = 24
+    buy_now(store, clock, "early", campaign)
+    buy_now(store, clock, "late", campaign)
+    review.approve_sale(store, clock, "sam", campaign, 0)
+    # The rejection dies right after its commit point; recovery rolls it forward.
+    real_settle = locks.settle
+
+    def dies(*args, **kwargs):
+        raise Crash("after the commit point")
+
+    locks.settle = dies
+    try:
+        with pytest.raises(Crash):
+            review.reject_sale(store, clock, "sam", "sam", campaign, 1, "not for this site")
+    finally:
+        locks.settle = real_settle
+    clock.advance(locks.lease_seconds() + 1)
+    recovery.run_recovery(store, clock)
+    for _ in range(2):
+        workers.run_pass(store, clock)
+    (rejected,) = messages_to("late@example.test")
+    assert "not for this site" in rejected.body
+    (approved,) = messages_to("early@example.test")
+    assert "approved" in (approved.subject + approved.body).lower()
+    assert_audit_clean(store)
+
+
 # --- slot about to start ---------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from accounts.adjust import adjust_balance
-from adspace import buy, gateway, services
+from adspace import buy, gateway, review, services
 
 pytestmark = pytest.mark.django_db
 
@@ -46,16 +46,28 @@ def test_a_purchase_shows_campaign_ad_times_and_price(buyer_client, store, clock
     assert f'datetime="{services.utc(sale.starts_at).isoformat()}"' in html
     assert f'datetime="{services.utc(sale.ends_at).isoformat()}"' in html
     assert 'src="/static/js/localtime.js"' in html and "<script>" not in html
-    assert 'data-role="review"' not in html  # no review fields on the slot: nothing shown
+    # The suite's REVIEW_HOURS is 0: the window closed at the purchase, so the ad stands.
+    assert re.search(r'data-role="review">approved<', html)
 
 
-def test_the_review_state_shows_when_the_slot_has_one(buyer_client, store, clock, market):
-    buy_one(store, clock)
-    key = gateway.slot_key("seller", 0, 0)
-    doc = store.get(key)
-    store.replace(key, {**doc.value, "review": {"state": "in_review"}}, doc.cas)
+def test_the_review_shows_in_review_then_the_rejection_and_its_refund(
+    buyer_client, store, clock, market, settings
+):
+    settings.REVIEW_HOURS = 24
+    sale = buy.buy_next_slot(store, clock, "buyer", "seller", 0, 0, M)
     html = buyer_client.get(URL).content.decode()
-    assert re.search(r'data-role="review">in review<', html)
+    assert re.search(r'data-role="review">in review</span> until <time', html)
+    review.reject_sale(store, clock, "seller", "seller", 0, sale.slot, "off-topic <b>ad</b>")
+    html = buyer_client.get(URL).content.decode()
+    assert re.search(r'data-role="review">rejected<', html)
+    assert "by the seller: off-topic &lt;b&gt;ad&lt;/b&gt;; the full price was refunded." in html
+
+
+def test_an_approved_purchase_says_so(buyer_client, store, clock, market, settings):
+    settings.REVIEW_HOURS = 24
+    sale = buy.buy_next_slot(store, clock, "buyer", "seller", 0, 0, M)
+    review.approve_sale(store, clock, "seller", 0, sale.slot)
+    assert re.search(r'data-role="review">approved<', buyer_client.get(URL).content.decode())
 
 
 def test_nothing_bought_says_so(buyer_client, market):
