@@ -18,6 +18,7 @@ from accounts import notify
 from accounts.gateway import DIR_CHUNK
 from docstore import Clock, Store
 
+from . import review
 from .gateway import campaign_key, iter_campaign_refs, slot_key
 
 # The task runs this often; far below the window, so no slot slips between two runs.
@@ -47,6 +48,7 @@ def queue_slot_notices(store: Store, clock: Clock) -> dict[str, int]:
         chunk = refs[first : first + DIR_CHUNK]
         campaigns = store.get_multi([campaign_key(o, n) for o, n in chunk])
         wanted: dict[str, tuple[str, int, int]] = {}
+        reviews: dict[tuple[str, int], dict] = {}
         for owner, n in chunk:
             doc = campaigns.get(campaign_key(owner, n))
             last = doc.value.get("last") if doc else None
@@ -54,6 +56,7 @@ def queue_slot_notices(store: Store, clock: Clock) -> dict[str, int]:
                 continue
             counters["campaigns"] += 1
             seconds = int(doc.value["slotHours"]) * 3600
+            reviews[(owner, n)] = doc.value
             for k in _candidates(last, seconds, now, window):
                 wanted[slot_key(owner, n, k)] = (owner, n, k)
         if not wanted:
@@ -66,6 +69,9 @@ def queue_slot_notices(store: Store, clock: Clock) -> dict[str, int]:
             s = slot.value
             # Only a slot that waited in the queue; one live from its purchase needs no notice.
             if not (now < s["startsAt"] <= now + window and s["startsAt"] > s["purchasedAt"]):
+                continue
+            # A rejected or taken-down ad will not show: its buyer was told so instead.
+            if review.review_state(reviews[(owner, n)], k) in ("rejected", "hidden"):
                 continue
             context = {
                 "campaign": f"{owner}/{n}",

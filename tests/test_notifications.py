@@ -282,6 +282,22 @@ def test_a_queued_slot_is_announced_once_shortly_before_it_starts(store, clock, 
     assert len(mail.outbox) == 1
 
 
+def test_a_rejected_slot_is_not_announced(store, clock, campaign, settings):
+    from adspace import review
+
+    settings.REVIEW_HOURS = 24
+    t0 = clock.now()
+    buy_now(store, clock, "early", campaign)
+    buy_now(store, clock, "late", campaign)  # queued: starts at t0 + 1 h
+    review.reject_sale(store, clock, "sam", "sam", campaign, 1, "wrong topic")
+    clock.set(t0 + 3600 - 600)
+    for _ in range(3):
+        workers.run_pass(store, clock)
+        clock.advance(60)
+    subjects = [m.subject for m in messages_to("late@example.test")]
+    assert len(subjects) == 1 and "starts at" not in subjects[0]  # only the rejection
+
+
 def test_only_slots_inside_the_window_are_announced(store, clock, campaign, settings):
     settings.SLOT_START_NOTICE_MINUTES = 90
     t0 = clock.now()
