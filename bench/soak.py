@@ -1121,6 +1121,7 @@ for o, n in ag.iter_campaign_refs(s):
     out["campaigns"][f"{o}/{n}"] = {"last": k, "lag": lag, "uncredited": uncredited}
 try:
     from bitcoinkeys import withdrawals as w
+    from bitcoinkeys.payout_lease import LEASE_KEY
 except ImportError:
     w = None
 if w is not None:
@@ -1130,7 +1131,7 @@ if w is not None:
             for r in w.user_withdrawals(s, u, limit=10**6)
         ]
     try:
-        out["lease"] = s.get(w.LEASE_KEY).value
+        out["lease"] = s.get(LEASE_KEY).value
     except NotFound:
         pass
 sets = s.get_multi([bg.keyset_key(i) for i in range(settings.KEYPOOL_SETS)])
