@@ -37,21 +37,38 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from accounts.money import format_btc
-from docstore import AlreadyExists, Ambiguous, CasMismatch, Clock, Doc, NotFound, Store
+from docstore import Clock, Doc, Store
 
 from . import node_alerts
 from .chain import NOT_READY_CODES, RPC_WALLET_INSUFFICIENT_FUNDS, ChainError, ChainUnavailable
+from .payout_batches import (
+    BATCH_ABANDONED,
+    BATCH_PREFIX,
+    BATCH_REFUSED,
+    BATCH_SENT,
+    batch_of,
+    batch_outputs,
+    mark_batch,
+    write_batch,
+)
 from .payout_lease import LeaseLost, ProcessorBusy, ProcessorLease, sent_today
+from .payout_plan import (
+    Calculation,
+    Line,
+    ProcessReport,
+    calculate,
+    cap_note,
+    fee_reserve,
+    make_line,
+    short_note,
+)
 from .withdraw_queue import Row, advance_cursor, scan
 from .withdrawals import (
     FAILED,
     FAILED_REFUNDED,
-    MAX_ATTEMPTS,
     QUEUED,
     SENDING,
     SENT,
@@ -62,14 +79,21 @@ from .withdrawals import (
 
 log = logging.getLogger("bitcoinkeys.payouts")
 
-BATCH_PREFIX = "payoutbatch::"
 JSONRPC_RESERVED = -32000  # -32768..-32000: the JSON-RPC protocol's own error codes
-# A batch's own states: sending until the wallet answers; refused (nothing sent, the wallet said
-# no), abandoned (a crashed batch the wallet has never seen), sent{txid}.
-BATCH_SENDING, BATCH_SENT = "sending", "sent"
-BATCH_REFUSED, BATCH_ABANDONED = "refused", "abandoned"
 
-__all__ = ["LeaseLost", "ProcessorBusy", "ProcessorLease", "calculate", "process"]
+# Re-exported: the command and the tests use the processor through this module.
+__all__ = [
+    "BATCH_PREFIX",
+    "Calculation",
+    "LeaseLost",
+    "Line",
+    "ProcessReport",
+    "ProcessorBusy",
+    "ProcessorLease",
+    "batch_outputs",
+    "calculate",
+    "process",
+]
 
 
 class NoPayoutWallet(Exception):
@@ -79,12 +103,6 @@ class NoPayoutWallet(Exception):
 class NodeNotReady(Exception):
     """The node cannot be paid from as configured (wrong password, warming up, another network,
     no payout wallet, unreachable): refuse before touching a request."""
-
-
-def batch_of(key: str, req: dict) -> str:
-    """The wallet comment a `sending` request was sent under: its batch, or (a request the
-    one-at-a-time processor left) its own key."""
-    return (req.get("attempt") or {}).get("batch") or key
 
 
 def is_refusal(exc: BaseException) -> bool:
@@ -108,112 +126,7 @@ def is_short(exc: BaseException) -> bool:
     return is_refusal(exc) and exc.code == RPC_WALLET_INSUFFICIENT_FUNDS
 
 
-def fee_reserve() -> int:
-    return settings.PAYOUT_FEE_RESERVE_SATS
-
-
-# --- calculate -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Line:
-    key: str
-    username: str
-    i: int
-    amount: int
-    fee: int
-    address: str
-    state: str
-    result: str = ""
-    txid: str | None = None
-    detail: str = ""
-
-
-@dataclass
-class Calculation:
-    """What a pass would do: requests to send (and look up), the refunds it owes."""
-
-    lines: list[Line] = field(default_factory=list)
-    needed: int = 0  # amounts this pass may send (the wallet needs this + fee_reserve)
-    fees: int = 0
-    cap_note: str = ""
-    fee_reserve: int = 0
-
-    @property
-    def to_send(self) -> list[Line]:
-        return [ln for ln in self.lines if ln.result in ("send", "look up")]
-
-
-def _line(key: str, req: dict, result: str = "", detail: str = "") -> Line:
-    return Line(
-        key, req["username"], req["i"], req["amount"], req["fee"], req["address"], req["state"],
-        result=result, txid=req.get("txid"), detail=detail,
-    )  # fmt: skip
-
-
-def calculate(store: Store, clock: Clock, daily_cap: int | None = None) -> Calculation:
-    """Read-only: every request the next pass would act on, and what the payout wallet needs."""
-    calc = Calculation(fee_reserve=fee_reserve())
-    used = sent_today(store, clock.now()) if daily_cap is not None else 0
-    capped = False
-    for row in scan(store, clock).in_state(QUEUED, SENDING, FAILED):
-        req = row.doc.value
-        if req["state"] == FAILED:
-            calc.lines.append(_line(row.key, req, "refund", "refused by the wallet: refund owed"))
-            continue
-        if req["state"] == SENDING:
-            # Possibly sent already: the pass looks it up first. Counted in case it was not.
-            calc.lines.append(_line(row.key, req, "look up", "interrupted; looked up first"))
-        else:
-            if daily_cap is not None and (capped or used + req["amount"] > daily_cap):
-                capped = True
-                calc.lines.append(_line(row.key, req, "wait", "over today's cap"))
-                continue
-            used += req["amount"]
-            calc.lines.append(_line(row.key, req, "send"))
-        calc.needed += req["amount"]
-        calc.fees += req["fee"]
-    if capped:
-        calc.cap_note = _cap_note(daily_cap, sum(ln.result == "wait" for ln in calc.lines))
-    return calc
-
-
-def _cap_note(cap: int, waiting: int) -> str:
-    return (
-        f"Daily cap of {format_btc(cap)} BTC reached: {waiting} request(s) wait for the next "
-        f"day (UTC)."
-    )
-
-
-def short_note(alert: dict) -> str:
-    return (
-        f"Payout wallet short: {alert['waiting']} request(s), {format_btc(alert['waitingSats'])} "
-        f"BTC waiting, the wallet has {format_btc(alert['balance'])} BTC (short by "
-        f"{format_btc(alert['shortBy'])} BTC with the network fee reserve). They stay queued and "
-        f"go out on the first pass after it is funded."
-    )
-
-
 # --- the pass ------------------------------------------------------------------------------------
-
-
-@dataclass
-class ProcessReport:
-    lines: list[Line] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    # (batch key, txid, requests) of every transaction this pass sent.
-    batches: list[tuple[str, str, int]] = field(default_factory=list)
-    # Why the pass stopped before the end: a send or look-up whose outcome is unknown, a lost
-    # lease, a stop request. The command exits non-zero when set.
-    stopped: str | None = None
-    short: dict | None = None  # the short-wallet alert this pass raised
-
-    def count(self, result: str) -> int:
-        return sum(1 for ln in self.lines if ln.result == result)
-
-    @property
-    def sent_amount(self) -> int:
-        return sum(ln.amount for ln in self.lines if ln.result == "sent")
 
 
 class _Stop(Exception):
@@ -260,6 +173,8 @@ def process(
                 f"stays as it was."
             ) from exc
         node_alerts.clear_alert(store, "withdrawals")
+    if _nothing_fits(store, clock, chain, daily_cap, work, report, on_line):
+        return report
     # Renewed before every wallet call that may send, so it only has to outlive one call; a
     # killed processor blocks the next one for at most this long.
     lease_seconds = lease_seconds or settings.WITHDRAW_PROCESSOR_LEASE_SECONDS
@@ -274,7 +189,7 @@ def process(
         except LeaseLost as exc:
             report.stopped = f"Stopped: {exc}; the other processor carries on."
         if pass_.waiting:
-            report.notes.append(_cap_note(daily_cap, pass_.waiting))
+            report.notes.append(cap_note(daily_cap, pass_.waiting))
         if report.short:
             report.notes.append(short_note(report.short))
         finished = {ln.key for ln in report.lines if ln.state in TERMINAL}
@@ -284,6 +199,38 @@ def process(
         raise
     lease.release()
     return report
+
+
+def _nothing_fits(store, clock, chain, daily_cap, work, report, on_line) -> bool:
+    """Before the lease: True when every request is queued and the payout wallet cannot pay even
+    the oldest one. Then the pass reports them waiting and keeps the alert current without taking
+    the lease, so a timer running against an empty wallet every minute writes nothing."""
+    if any(r.doc.value["state"] != QUEUED for r in work):
+        return False
+    # Lines are shown (on_line) only once this is sure to be the whole pass.
+    pass_ = _Pass(store, clock, chain, daily_cap, None, report, None, None)
+    used = sent_today(store, clock.now()) if daily_cap is not None else 0
+    lines_before = len(report.lines)
+    admitted = pass_.within_cap(work, [], sent=used)
+    if not admitted:
+        del report.lines[lines_before:]
+        return False  # all over the cap: the pass under the lease says so
+    try:
+        balance = chain.payout_balance()
+    except Exception:
+        del report.lines[lines_before:]
+        return False  # the pass under the lease reports it
+    if admitted[0][1].value["amount"] + fee_reserve() <= balance:
+        del report.lines[lines_before:]
+        return False
+    pass_.wallet_short(admitted, balance)
+    if on_line is not None:
+        for line in report.lines[lines_before:]:
+            on_line(line)
+    if pass_.waiting:
+        report.notes.append(cap_note(daily_cap, pass_.waiting))
+    report.notes.append(short_note(report.short))
+    return True
 
 
 def _release_quietly(lease: ProcessorLease) -> None:
@@ -302,7 +249,6 @@ class _Pass:
         self.daily_cap, self.lease, self.report = daily_cap, lease, report
         self.on_line, self.should_stop = on_line, should_stop
         self.waiting = 0  # over the daily cap
-        self.wanted = 0  # what this pass would send if the wallet held enough
 
     def run(self, work: list[Row]) -> None:
         for row in work:
@@ -318,7 +264,7 @@ class _Pass:
             raise _Stop("Stopped on request; the rest waits for the next pass.")
 
     def emit(self, key: str, req: dict, result: str, txid: str | None = None, detail: str = ""):
-        line = _line(key, req, result, detail)
+        line = make_line(key, req, result, detail)
         line.txid = txid or req.get("txid")
         self.report.lines.append(line)
         if self.on_line is not None:
@@ -351,22 +297,25 @@ class _Pass:
                     f"requests stay 'sending'; the next pass looks it up before sending anything."
                 ) from exc
             if txid:
-                self.mark_batch(batch, BATCH_SENT, txid=txid)
+                mark_batch(self.store, self.clock, batch, BATCH_SENT, txid=txid)
                 for row in members:
                     self.record_sent(row.key, batch, txid, row.doc, found=True)
             else:
-                self.mark_batch(batch, BATCH_ABANDONED)
+                mark_batch(self.store, self.clock, batch, BATCH_ABANDONED)
                 again.extend(members)
         return again
 
     # -- step 3: what to pay --
 
-    def within_cap(self, rows: list[Row], again: list[Row]) -> list[tuple[str, Doc]]:
+    def within_cap(
+        self, rows: list[Row], again: list[Row], sent: int | None = None
+    ) -> list[tuple[str, Doc]]:
         cap = self.daily_cap
         if cap is None:
             return [(r.key, r.doc) for r in rows]
         # Requests paid again were admitted before; they count, but never wait.
-        used = self.lease.sent_today + sum(r.doc.value["amount"] for r in again)
+        sent = self.lease.sent_today if sent is None else sent
+        used = sent + sum(r.doc.value["amount"] for r in again)
         out = []
         for row in rows:
             amount = row.doc.value["amount"]
@@ -393,7 +342,6 @@ class _Pass:
                 f"Every request stays as it was."
             ) from exc
         reserve = fee_reserve()
-        self.wanted = sum(d.value["amount"] for _, d in candidates)
         fits, total = [], 0
         for key, doc in candidates:
             if total + doc.value["amount"] + reserve > balance:
@@ -402,7 +350,8 @@ class _Pass:
             total += doc.value["amount"]
         rest = candidates[len(fits) :]
         if rest:
-            self.wallet_short(rest, balance)
+            # The alert says what the wallet will hold once this pass's batch is out.
+            self.wallet_short(rest, balance - total)
         else:
             node_alerts.clear_short(self.store)
         if fits:
@@ -420,11 +369,12 @@ class _Pass:
             waiting.append((key, doc))
             self.emit(key, doc.value, "waiting", detail=note)
         before = self.report.short or {"waiting": 0, "waitingSats": 0}
+        waiting_sats = before["waitingSats"] + sum(d.value["amount"] for _, d in waiting)
         alert = {
             "waiting": before["waiting"] + len(waiting),
-            "waitingSats": before["waitingSats"] + sum(d.value["amount"] for _, d in waiting),
+            "waitingSats": waiting_sats,
             "balance": balance,
-            "shortBy": max(1, self.wanted + fee_reserve() - balance),
+            "shortBy": max(1, waiting_sats + fee_reserve() - balance),
         }
         node_alerts.raise_short(self.store, self.clock, alert)
         self.report.short = alert
@@ -444,7 +394,9 @@ class _Pass:
             return
         outputs = batch_outputs([d.value for _, d in claimed])
         total = sum(sats for _, sats in outputs)
-        self.write_batch(batch, [k for k, _ in claimed], outputs, total)
+        write_batch(
+            self.store, self.clock, self.lease.owner, batch, [k for k, _ in claimed], outputs, total
+        )
         # The renewal is the last docstore call before the send: a processor paused past its
         # lease stops here instead of sending what a rival may have looked up and sent. It also
         # counts the batch against today's cap, before the money can leave.
@@ -455,7 +407,7 @@ class _Pass:
             self.not_taken(batch, claimed, exc)
             return
         self.report.batches.append((batch, txid, len(claimed)))
-        self.mark_batch(batch, BATCH_SENT, txid=txid)
+        mark_batch(self.store, self.clock, batch, BATCH_SENT, txid=txid)
         for key, doc in claimed:
             self.record_sent(key, batch, txid, doc, found=False)
 
@@ -510,7 +462,7 @@ class _Pass:
         if not is_refusal(exc):
             self.unknown(batch, claimed, exc)  # raises _Stop
         error = str(exc) or type(exc).__name__
-        self.mark_batch(batch, BATCH_REFUSED, error=error)
+        mark_batch(self.store, self.clock, batch, BATCH_REFUSED, error=error)
         if is_short(exc):
             # Our balance check passed but the wallet wants more (a larger network fee than
             # the reserve, coins not yet spendable): nothing was sent; all of it waits.
@@ -554,53 +506,6 @@ class _Pass:
         ) from exc
 
     # -- records --
-
-    def write_batch(self, batch: str, keys: list[str], outputs: list, total: int) -> None:
-        value = {
-            "state": BATCH_SENDING,
-            "requests": keys,
-            "outputs": [list(o) for o in outputs],
-            "total": total,
-            "by": self.lease.owner,
-            "createdAt": self.clock.now(),
-            "txid": None,
-            "error": None,
-        }
-        for _ in range(MAX_ATTEMPTS):
-            try:
-                self.store.insert(batch, value)
-                return
-            except (AlreadyExists, Ambiguous):
-                try:
-                    self.store.get(batch)
-                    return  # ours landed: the id is a fresh uuid
-                except NotFound:
-                    continue
-
-    def mark_batch(
-        self, batch: str, state: str, txid: str | None = None, error: str | None = None
-    ) -> None:
-        """The batch record follows what the wallet said. `sent` always wins (the wallet is the
-        truth); other states only replace `sending`."""
-        if not batch.startswith(BATCH_PREFIX):
-            return  # a request of the one-at-a-time processor: no batch record
-        for _ in range(MAX_ATTEMPTS):
-            try:
-                doc = self.store.get(batch)
-            except NotFound:
-                return  # a crash before the record: the requests alone say what happened
-            current = doc.value
-            if current["state"] == state and current.get("txid") == txid:
-                return
-            if state != BATCH_SENT and current["state"] != BATCH_SENDING:
-                return
-            new = {**current, "state": state, "txid": txid, "error": error,
-                   "at": self.clock.now()}  # fmt: skip
-            try:
-                self.store.replace(batch, new, doc.cas)
-                return
-            except (CasMismatch, Ambiguous):
-                continue
 
     def record_sent(self, key: str, batch: str, txid: str, doc: Doc, found: bool) -> None:
         now = self.clock.now()
@@ -656,11 +561,3 @@ class _Pass:
         elif current["state"] == FAILED:
             detail = f"{current.get('error')}; refund pending (account busy)"
             self.emit(key, current, "failed", detail=detail)
-
-
-def batch_outputs(requests: list[dict]) -> list[tuple[str, int]]:
-    """One output per address (the wallet refuses a repeated one), in the order first seen."""
-    outputs: dict[str, int] = {}
-    for req in requests:
-        outputs[req["address"]] = outputs.get(req["address"], 0) + req["amount"]
-    return list(outputs.items())

@@ -130,6 +130,7 @@ def test_a_short_wallet_is_not_an_error_for_a_timer_and_pays_once_funded(store, 
     assert "Payout wallet short: 2 request(s), 0.07000000 BTC waiting" in out
     assert "0 sent (0.00000000 BTC), 0 failed and refunded, 2 waiting; 0 transaction(s)." in out
     assert chain.txs == [] and store.get(withdraw_key("alice", 0)).value["state"] == "queued"
+    assert out.count("waiting  withdraw::alice::0") == 1  # one line per request, once
     chain.configure(balance=10**12)
     out = run("--execute", "--yes")
     assert "2 sent (0.07000000 BTC), 0 failed and refunded, 0 waiting; 1 transaction(s)." in out

@@ -643,9 +643,12 @@ def test_an_empty_payout_wallet_keeps_every_request_queued_and_raises_the_alert(
     assert balance(store, "alice") == 20_000_000 - MIN - FEE_3M - 5_000_000 - 75_000
     assert refunds_of(store, "alice", "withdraw::alice::0") == []
     assert_books_clean(store)
-    # Run again (a timer every minute): still queued, nothing failed, the alert stays as it was.
+    # Run again (a timer every minute): still queued, nothing failed, the alert stays as it was,
+    # and a pass that can pay nothing takes no lease and writes nothing.
     clock.advance(60)
-    p.process(store, clock, chain)
+    hook = CountingHook()
+    p.process(HookedStore(store, hook), clock, chain)
+    assert hook.writes == []
     assert node_alerts.payout_short(store)["since"] == alert["since"]
     assert request(store, "alice", 0)["state"] == "queued"
     # Funded: the next pass pays them all in one transaction and the alert goes.
@@ -674,7 +677,8 @@ def test_a_short_wallet_pays_the_oldest_requests_that_fit_and_no_later_one(store
     assert tx["outputs"] == [[ADDR_A, MIN], [ADDR_B, 4_000_000]]
     alert = node_alerts.payout_short(store)
     assert (alert["waiting"], alert["waitingSats"]) == (2, 8_000_000)
-    assert alert["shortBy"] == 15_000_000 + RESERVE - chain.payout_balance() - 7_000_000
+    assert alert["balance"] == chain.payout_balance() == 3_600_000  # after the batch
+    assert alert["shortBy"] == 8_000_000 + RESERVE - 3_600_000
     assert_books_clean(store)
 
 
