@@ -70,8 +70,9 @@ def recover_all(store, clock):
     """Recovery plus the processor's next passes: a request a dead processor left `sending`
     is only settled by a pass that can ask the wallet."""
     run_recovery(store, clock)
-    for _ in range(6):  # each queued chain fault stops at most one pass
-        if not processor(store, clock).stopped:
+    for _ in range(6):  # each queued chain fault stops (or, "insufficient funds", shorts) one pass
+        report = processor(store, clock)
+        if not report.stopped and not report.short:
             return
 
 
@@ -479,3 +480,25 @@ def test_the_checks_catch_a_blind_resend(monkeypatch):
     monkeypatch.setattr(FakeChain, "find_sent", lambda self, comment: None)
     with pytest.raises(AssertionError, match="was sent 2 times"):
         run_swarm(SWARM, MemoryStore, swarm_actors, range(200))
+
+
+def test_the_checks_catch_a_short_wallet_failing_requests(monkeypatch):
+    # A broken variant: "insufficient funds" taken for a refusal of the request (the old
+    # behaviour), so requests are failed and refunded for want of funds in the payout wallet.
+    monkeypatch.setattr(p, "is_short", lambda exc: False)
+    with pytest.raises(AssertionError, match="failed though the wallet accepts it"):
+        run_swarm(SWARM, MemoryStore, swarm_actors, range(200))
+
+
+def test_the_checks_catch_a_batch_recorded_for_only_some_of_its_requests(monkeypatch):
+    # A broken variant: after a crash, only the first request of a batch found in the wallet is
+    # recorded sent; the others are paid again in a new batch.
+    real = p._Pass.look_up
+
+    def first_only(self, rows):
+        again = real(self, rows[:1])
+        return again + rows[1:]
+
+    monkeypatch.setattr(p._Pass, "look_up", first_only)
+    with pytest.raises(AssertionError, match="was sent 2 times"):
+        run_crash_points(BATCH_RESUME, MemoryStore, levels=1)
