@@ -5,7 +5,8 @@ One processor at a time (payout_lease). A pass, in the order requests were recei
   1. refunds every `failed` request (withdrawals.refund_failed: the refund's commit point)
   2. looks up every batch a crash left `sending`: the payout wallet is asked for a transaction
      carrying the batch's comment (`find_sent`). Found: every request of the batch becomes
-     `sent{txid}`. Not found: nothing left, and those requests are paid again below.
+     `sent{txid}`. Not found: nothing left, and those requests are paid again below (or go
+     back to `queued` when the wallet cannot pay them now).
   3. picks what to pay: those requests, then the queued ones, within the daily cap and within
      what the payout wallet holds (its trusted balance minus PAYOUT_FEE_RESERVE_SATS for the
      network fee), oldest first, stopping at the first that does not fit. What does not fit stays
@@ -27,6 +28,9 @@ What the wallet answers to a batch it did not take:
     split, each request tried alone, so only the one the wallet refuses is failed and refunded.
   - no answer, an odd answer, or "not ready": the outcome is unknown. The requests stay `sending`
     and the pass stops; the next pass looks the batch up before anything is sent again.
+
+When every request is queued and the wallet cannot pay even the oldest, the pass takes no lease
+and writes nothing but the alert (when its numbers change): a timer may run it every minute.
 
 Requests left `sending` by the earlier one-at-a-time processor carry no batch; their comment was
 their own key, and they are looked up by it.
