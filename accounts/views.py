@@ -24,7 +24,7 @@ from . import ratelimit, twofactor
 from .auth_backends import BACKEND_PATH
 from .forms import LoginForm, RegistrationForm
 from .gateway import LEDGER_PAGE_SIZE, ensure_account, ledger_page_key
-from .heartbeat import read_beats
+from .heartbeat import health_details, read_beats
 from .money import format_btc
 from .templatetags.cached_url import cached_reverse
 
@@ -71,7 +71,9 @@ def home(request: HttpRequest) -> HttpResponse:
 def healthz(request: HttpRequest) -> JsonResponse:
     now = get_clock().now()
     try:
-        beats = read_beats(get_store(), WORKER_NAMES)
+        store = get_store()
+        beats = read_beats(store, WORKER_NAMES)
+        details = health_details(store)
     except DocstoreError:
         # Public: say what is wrong, not where the store is (the log has the details).
         log.warning("healthz: docstore unreachable", exc_info=True)
@@ -86,6 +88,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
         "now": now,
         "workers": {n: (b["at"] if b else None) for n, b in beats.items()},
         "stale": stale,
+        **details,
     }
     return JsonResponse(body, status=503 if stale else 200)
 

@@ -363,7 +363,7 @@ def header_balance(text: str) -> int | None:
 
 
 class SoakNode(FakeBitcoind):
-    """The test bitcoind, plus hooks on sendtoaddress for killing the processor mid-payout.
+    """The test bitcoind, plus hooks on sendmany for killing the processor mid-payout.
 
     `sent_event` is set when a send reaches the node. With `send_hold`, the answer is held back
     for that long after the send was applied (a processor killed meanwhile died after the money
@@ -386,7 +386,7 @@ class SoakNode(FakeBitcoind):
             method = json.loads(body).get("method")
         except (ValueError, AttributeError):
             method = None
-        if method == "sendtoaddress":
+        if method == "sendmany":
             with self.lock:
                 abort, self.abort_next_send = self.abort_next_send, False
                 if self.drop_sends > 0:
@@ -400,7 +400,7 @@ class SoakNode(FakeBitcoind):
                 error = {"code": -1, "message": "soak: the sender died before this arrived"}
                 return 500, {"result": None, "error": error, "id": None}
         status, payload = super().handle(path, body)
-        if method == "sendtoaddress" and status == 200:
+        if method == "sendmany" and status == 200:
             self.sent_event.set()
             if self.send_hold:
                 self._stopping.wait(self.send_hold)
@@ -495,7 +495,7 @@ class Chain:
         return out
 
     def payouts(self) -> dict[str, list[tuple[str, str, int]]]:
-        """Payout wallet sends by comment (the request key): [(txid, address, sats)]."""
+        """Payout wallet sends by comment (the batch key): [(txid, address, sats)]."""
         out: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
         with self.node.lock:
             for tx in self.node.txs.values():
@@ -1121,16 +1121,22 @@ for o, n in ag.iter_campaign_refs(s):
     out["campaigns"][f"{o}/{n}"] = {"last": k, "lag": lag, "uncredited": uncredited}
 try:
     from bitcoinkeys import withdrawals as w
+    from bitcoinkeys.payout_lease import LEASE_KEY
 except ImportError:
     w = None
 if w is not None:
     for u in out["accounts"]:
         out["withdrawals"][u] = [
-            {k: r.get(k) for k in ("i", "state", "amount", "fee", "address", "txid")}
+            {
+                **{k: r.get(k) for k in ("i", "state", "amount", "fee", "address", "txid")},
+                # Every batch the request was ever put in (payouts.py): the wallet comments
+                # it may have been paid under.
+                "batches": [h["batch"] for h in r["history"] if h.get("batch")],
+            }
             for r in w.user_withdrawals(s, u, limit=10**6)
         ]
     try:
-        out["lease"] = s.get(w.LEASE_KEY).value
+        out["lease"] = s.get(LEASE_KEY).value
     except NotFound:
         pass
 sets = s.get_multi([bg.keyset_key(i) for i in range(settings.KEYPOOL_SETS)])
@@ -1411,7 +1417,7 @@ def processor_loop(site: Site, procs: Processes, rng: random.Random, lease: int)
         r = rng.random()
         kill = ""
         if r < 0.1:
-            node.fail("sendtoaddress", -6, "Insufficient funds")
+            node.fail("sendmany", -6, "Insufficient funds")
             stats.chain_event("wallet refusals armed")
         elif r < 0.2:
             with node.lock:
@@ -1698,26 +1704,33 @@ def _claim(u: User, kind: str, fits, ref: str) -> Unknown | None:
 
 
 def check_payouts(dump: dict, chain: Chain) -> list[str]:
-    """Every sent withdrawal left the payout wallet exactly once, to its address, for its amount;
-    nothing else left it."""
+    """Every sent withdrawal left the payout wallet exactly once (one transaction, its batch's),
+    to its address, for its amount; nothing else left it."""
     bad = []
-    payouts = chain.payouts()
-    expected = set()
+    payouts = chain.payouts()  # batch key -> [(txid, address, sats)]
+    paid_in: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for u, reqs in dump["withdrawals"].items():
         for r in reqs:
             key = f"withdraw::{u}::{r['i']}"
-            sends = payouts.get(key, [])
+            paid = [b for b in r.get("batches", []) if b in payouts]
             if r["state"] == "sent":
-                expected.add(key)
-                if len(sends) != 1:
-                    bad.append(f"{key} is sent, the payout wallet sent it {len(sends)} times")
-                elif sends[0] != (r["txid"], r["address"], r["amount"]):
-                    bad.append(f"{key} records {r['txid']}, the wallet sent {sends[0]}")
-            elif sends:
-                bad.append(f"{key} is {r['state']}, yet the payout wallet sent {sends}")
-    for key in sorted(set(payouts) - expected):
-        if not key.startswith("withdraw::") or key.split("::")[1] not in dump["withdrawals"]:
-            bad.append(f"the payout wallet sent {payouts[key]} for unknown request {key!r}")
+                if len(paid) != 1:
+                    bad.append(f"{key} is sent, the payout wallet paid it {len(paid)} times")
+                    continue
+                txids = {txid for txid, _, _ in payouts[paid[0]]}
+                if txids != {r["txid"]}:
+                    bad.append(f"{key} records {r['txid']}, its batch went out as {txids}")
+                paid_in[paid[0]][r["address"]] += r["amount"]
+            elif paid:
+                bad.append(f"{key} is {r['state']}, yet the payout wallet paid it in {paid}")
+    for batch, sends in payouts.items():
+        outputs: dict[str, int] = defaultdict(int)
+        for _, address, sats in sends:
+            outputs[address] += sats
+        if dict(outputs) != dict(paid_in.get(batch, {})):
+            bad.append(
+                f"the payout wallet sent {sends} under {batch!r}, which pays {paid_in.get(batch)}"
+            )
     return bad
 
 

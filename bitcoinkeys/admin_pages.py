@@ -43,6 +43,8 @@ from docstore import Clock, DocstoreError, NotFound, Store, get_clock, get_store
 from . import deposits, node_alerts, pool
 from . import gateway as g
 from . import withdrawals as w
+from .payout_lease import LEASE_KEY
+from .withdraw_queue import CURSOR_KEY
 
 log = logging.getLogger("bitcoinkeys.withdrawals")
 
@@ -177,9 +179,23 @@ def withdrawals_panel(store: Store, clock: Clock, report: Report) -> dashboard.P
         # `failed` holds money until its refund lands (the processor and recovery retry it).
         red = audited and state == w.FAILED and count > 0
         rows.append(dashboard.Row(w.STATE_LABELS[state], count if audited else "not audited", red))
+    short = node_alerts.payout_short(store)
+    banners = []
+    if short is not None:
+        since = _utc(short.get("since"))
+        when = f" (since {since:%Y-%m-%d %H:%M:%S} UTC)" if since else ""
+        banners.append(
+            f"PAYOUT WALLET SHORT{when}: {short['waiting']} request(s), "
+            f"{format_btc(short['waitingSats'])} BTC waiting, the wallet has "
+            f"{format_btc(short['balance'])} BTC; short by {format_btc(short['shortBy'])} BTC "
+            f"with the fee reserve. They stay queued and go out on the first pass after it is "
+            f"funded."
+        )
+    rows.append(dashboard.Row("Payout wallet short", "yes" if short else "no", bool(short)))
     return dashboard.Panel(
         "Withdrawals",
         rows=rows,
+        alerts=banners,
         link=reverse("admin:bitcoinkeys_withdrawals"),
         link_text="Withdrawal queue",
     )
@@ -263,9 +279,9 @@ def _user_requests(store: Store, username: str) -> list[Request]:
 
 
 def _processor_state(store: Store) -> dict:
-    found = store.get_multi([w.LEASE_KEY, w.CURSOR_KEY])
-    lease = found[w.LEASE_KEY].value if w.LEASE_KEY in found else None
-    cursor = found[w.CURSOR_KEY].value if w.CURSOR_KEY in found else None
+    found = store.get_multi([LEASE_KEY, CURSOR_KEY])
+    lease = found[LEASE_KEY].value if LEASE_KEY in found else None
+    cursor = found[CURSOR_KEY].value if CURSOR_KEY in found else None
     # A released lease keeps {owner: None, last, day, sentToday}: only an owner means running.
     running = bool(lease and lease.get("owner"))
     return {

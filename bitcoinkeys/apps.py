@@ -25,9 +25,17 @@ class BitcoinkeysConfig(AppConfig):
 
         ready_deposits()
 
-        from .withdrawals import ready_withdrawals
+        from .withdraw_audit import ready_withdrawals
 
         ready_withdrawals()
+
+        from accounts.heartbeat import register_health_detail
+
+        from .node_alerts import payouts_health
+
+        # A short payout wallet is a detail, not a 503: the site and its workers are healthy, and
+        # the requests wait safely in the queue.
+        register_health_detail("payouts", payouts_health)
 
         from . import admin_pages
 

@@ -50,6 +50,7 @@ _ADDRESS = re.compile(r"[A-Za-z0-9]{14,100}")
 # Bitcoin Core RPC error codes we act on (src/rpc/protocol.h).
 RPC_WALLET_ERROR = -4  # also "database already exists" from createwallet on older Cores
 RPC_INVALID_ADDRESS_OR_KEY = -5  # e.g. listsinceblock's "Block not found"
+RPC_WALLET_INSUFFICIENT_FUNDS = -6
 RPC_WALLET_UNLOCK_NEEDED = -13
 RPC_WALLET_NOT_FOUND = -18
 RPC_WALLET_NOT_SPECIFIED = -19
@@ -239,6 +240,9 @@ class NoChain:
         return None
 
     def send(self, address: str, sats: int, comment: str) -> str:
+        raise ChainError("No bitcoin node is configured (CHAIN_BACKEND=none): nothing can be sent.")
+
+    def send_many(self, outputs: list[tuple[str, int]], comment: str) -> str:
         raise ChainError("No bitcoin node is configured (CHAIN_BACKEND=none): nothing can be sent.")
 
     def find_sent(self, comment: str) -> str | None:
@@ -558,6 +562,33 @@ class BitcoindChain:
             )
         if not isinstance(txid, str) or not _TXID.fullmatch(txid):
             raise ChainError(f"bitcoind answered sendtoaddress with {txid!r}, not a txid")
+        return txid
+
+    def send_many(self, outputs: list[tuple[str, int]], comment: str) -> str:
+        """Pay every (address, sats) of `outputs` in one transaction from the payout wallet, with
+        `comment` on the wallet's record of it (every output carries it in listtransactions, so
+        `find_sent(comment)` finds the batch). Returns the txid.
+
+        Core's `sendmany` refuses a repeated address: the caller merges them. As with `send`, a
+        lost answer (ChainUnavailable) may follow a transaction that went out: look it up.
+        """
+        if not outputs:
+            raise ValueError("a payout batch needs at least one output")
+        amounts: dict[str, str] = {}
+        for address, sats in outputs:
+            if not isinstance(address, str) or not _ADDRESS.fullmatch(address):
+                raise ValueError(f"not a bitcoin address: {address!r}")
+            if address in amounts:
+                raise ValueError(f"{address} appears twice in one batch")
+            amounts[address] = sats_to_btc_string(sats)
+        with self._lock:
+            self._drop(self.payout_wallet)
+            # ("" is Core's required dummy; minconf 1 is ignored by Core 0.15+ and kept for it.)
+            txid = self._wallet_rpc(
+                self.payout_wallet, "sendmany", "", amounts, 1, comment, read=False
+            )
+        if not isinstance(txid, str) or not _TXID.fullmatch(txid):
+            raise ChainError(f"bitcoind answered sendmany with {txid!r}, not a txid")
         return txid
 
     def find_sent(self, comment: str) -> str | None:

@@ -396,6 +396,7 @@ class FakeBitcoind:
             "gettransaction": self.rpc_gettransaction,
             "listtransactions": self.rpc_listtransactions,
             "sendtoaddress": self.rpc_sendtoaddress,
+            "sendmany": self.rpc_sendmany,
             "getbalances": self.rpc_getbalances,
             "getwalletinfo": self.rpc_getwalletinfo,
         }
@@ -601,6 +602,44 @@ class FakeBitcoind:
             raise RPCError(-6, "Insufficient funds")
         wallet.balance -= sats + FEE
         tx = Tx(self._hash("tx"), [(address, sats)], self._tick(), sender=wallet.name)
+        tx.comment, tx.fee = comment, FEE
+        self.txs[tx.txid] = tx
+        return tx.txid
+
+    def rpc_sendmany(self, wallet: Wallet, dummy, amounts, minconf=1, comment="", *rest):
+        """Core's sendmany: one transaction paying every address of `amounts`, the wallet
+        paying the fee; `comment` on every send entry of listtransactions."""
+        if dummy != "":
+            raise RPCError(-8, 'Dummy value must be set to ""')
+        if not isinstance(amounts, dict):
+            raise RPCError(-3, "Expected type object, got " + type(amounts).__name__)
+        outputs = []
+        for address, amount in amounts.items():
+            try:
+                validate_address(address, "regtest")
+            except AddressError:
+                raise RPCError(-5, f"Invalid Bitcoin address: {address}") from None
+            if isinstance(amount, bool) or not isinstance(amount, str | int | Decimal):
+                raise RPCError(-3, "Amount is not a number or string")
+            try:
+                value = Decimal(amount)
+            except InvalidOperation:
+                raise RPCError(-3, "Invalid amount") from None
+            if value.as_tuple().exponent < -8:
+                raise RPCError(-3, "Invalid amount")
+            sats = int(value * SATS)
+            if sats <= 0:
+                raise RPCError(-3, "Invalid amount for send")
+            outputs.append((address, sats))
+        if not outputs:
+            raise RPCError(-6, "Transaction must have at least one recipient")
+        if wallet.watch_only:
+            raise RPCError(-4, "Error: Private keys are disabled for this wallet")
+        total = sum(sats for _, sats in outputs)
+        if total + FEE > wallet.balance:
+            raise RPCError(-6, "Insufficient funds")
+        wallet.balance -= total + FEE
+        tx = Tx(self._hash("tx"), outputs, self._tick(), sender=wallet.name)
         tx.comment, tx.fee = comment, FEE
         self.txs[tx.txid] = tx
         return tx.txid

@@ -20,6 +20,7 @@ from adspace import admin_pages as adspace_pages
 from adspace import buy, credit
 from bitcoinkeys import admin_pages as bitcoinkeys_pages
 from bitcoinkeys import deposits, pool
+from bitcoinkeys import payouts as p
 from bitcoinkeys import withdrawals as w
 from bitcoinkeys.chain import Payment
 from tests.test_buy import M, make_market
@@ -81,7 +82,7 @@ def build_world(store, clock, settings) -> dict:
     counters = deposits.credit_confirmed(store, clock, [Payment(ADDRESS, OUTPOINT, 900_000, 3)])
     assert counters["credited"] == 1
     w.request_withdrawal(store, clock, "alice", 200_000, ADDR_A)
-    w.process(store, clock, FakeChain(store))  # sends request 0
+    p.process(store, clock, FakeChain(store))  # sends request 0
     w.request_withdrawal(store, clock, "alice", 300_000, ADDR_A)  # stays queued
     return {
         "sale_fee": buy.sale_fee(M),
@@ -305,3 +306,23 @@ def test_figures_of_an_app_whose_audit_is_not_registered_say_so(staff_client, mo
     assert {r.label: r.value for r in panels["Deposits"].rows}["Deposits credited"] == (
         "not audited"
     )
+
+
+def test_a_short_payout_wallet_is_a_red_banner_with_the_numbers(staff_client, store, clock):
+    from bitcoinkeys import payouts
+    from bitcoinkeys.withdrawals import request_withdrawal
+    from tests.test_withdrawals import fund
+
+    fund(store, clock, "alice", 20_000_000)
+    request_withdrawal(store, clock, "alice", 3_000_000, ADDR_A)
+    request_withdrawal(store, clock, "alice", 4_000_000, ADDR_A)
+    payouts.process(store, clock, FakeChain(store).configure(balance=50_000))
+    html = staff_client.get(DASHBOARD).content.decode()
+    assert (
+        "PAYOUT WALLET SHORT (since 2023-11-14 22:13:20 UTC): 2 request(s), 0.07000000 BTC "
+        "waiting, the wallet has 0.00050000 BTC; short by 0.07050000 BTC with the fee reserve."
+    ) in html
+    FakeChain(store).configure(balance=10**12)
+    payouts.process(store, clock, FakeChain(store))
+    staff_client.post(RUN_AUDIT)
+    assert "PAYOUT WALLET SHORT" not in staff_client.get(DASHBOARD).content.decode()

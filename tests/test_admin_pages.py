@@ -9,6 +9,7 @@ from accounts import locks
 from accounts.gateway import get_account
 from adspace import buy, credit
 from bitcoinkeys import deposits
+from bitcoinkeys import payouts as p
 from bitcoinkeys import withdrawals as w
 from bitcoinkeys.chain import Payment
 from tests.test_admin_dashboard import ADDRESS, OUTPOINT, register_everything, texts
@@ -70,10 +71,10 @@ def payouts(store, clock, make_user, settings):
     make_user("alice", balance=5_000_000)
     chain = FakeChain(store)
     w.request_withdrawal(store, clock, "alice", 200_000, ADDR_A)
-    w.process(store, clock, chain)
+    p.process(store, clock, chain)
     w.request_withdrawal(store, clock, "alice", 300_000, REFUSED)
     lock = locks.take_lock(store, clock, "alice", "adjust", "adjust:busy", delta=1, reason="r")
-    w.process(store, clock, chain)  # the wallet refuses; the refund finds alice locked
+    p.process(store, clock, chain)  # the wallet refuses; the refund finds alice locked
     locks.release(store, "alice", lock["token"])
     w.request_withdrawal(store, clock, "alice", 400_000, ADDR_A)
     states = [store.get(f"withdraw::alice::{i}").value["state"] for i in range(3)]

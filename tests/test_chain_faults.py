@@ -13,6 +13,7 @@ import pytest
 from django.urls import reverse
 
 from bitcoinkeys import deposits, node_alerts, pool
+from bitcoinkeys import payouts as p
 from bitcoinkeys import withdrawals as w
 from bitcoinkeys.chain import BitcoindChain, build_chain, set_chain
 from bitcoinkeys.gateway import chainalert_key, withdraw_key
@@ -81,8 +82,8 @@ def assert_nothing_credited_or_sent(store, clock, chain, regtest) -> None:
     for _ in range(3):
         counters = deposits.watch_pass(store, clock, chain)
         assert counters.get("credited", 0) == 0 and "chainerror" in counters
-    with pytest.raises(w.NodeNotReady):
-        w.process(store, clock, chain)
+    with pytest.raises(p.NodeNotReady):
+        p.process(store, clock, chain)
     assert store.get(withdraw_key("alice", 0)).value["state"] == "queued"
     assert (
         regtest.rpc("listtransactions", "*", 10, 0, wallet=regtest.payout_wallet)[-1]["category"]
@@ -115,7 +116,7 @@ def test_a_wrong_rpc_password_is_one_log_line_and_a_banner_and_nothing_moves(
     chain = use_chain(settings, BITCOIND_URL=regtest.node.url)
     assert deposits.watch_pass(store, clock, chain)["credited"] == 1
     assert alert(store, "deposits") is None
-    assert w.process(store, clock, chain).count("sent") == 1
+    assert p.process(store, clock, chain).count("sent") == 1
     assert alert(store, "withdrawals") is None
     assert_audit_clean(store)
 
@@ -140,8 +141,8 @@ def test_a_missing_wallet_is_reported_and_never_created_by_the_watcher(
     )
     for _ in range(3):
         assert "chainerror" in deposits.watch_pass(store, clock, chain)
-    with pytest.raises(w.NodeNotReady, match="no-such-payouts"):
-        w.process(store, clock, chain)
+    with pytest.raises(p.NodeNotReady, match="no-such-payouts"):
+        p.process(store, clock, chain)
     assert alert(store, "deposits")["kind"] == "wallet"
     assert alert(store, "withdrawals")["kind"] == "wallet"
     assert len([r for r in node_log if "for deposits" in r.getMessage()]) == 1
@@ -179,15 +180,15 @@ def test_a_node_warming_up_is_one_alert_and_nothing_moves(warming, store, clock,
     node.warming_up = True
     for _ in range(3):
         assert deposits.watch_pass(store, clock, chain) == {"chainerror": 1}
-    with pytest.raises(w.NodeNotReady, match="Loading block index"):
-        w.process(store, clock, chain)
+    with pytest.raises(p.NodeNotReady, match="Loading block index"):
+        p.process(store, clock, chain)
     assert alert(store, "deposits")["kind"] == "warming-up"
     assert len([r for r in node_log if "for deposits" in r.getMessage()]) == 1
-    assert [m for _, m, _ in node.calls if m == "sendtoaddress"] == []
+    assert [m for _, m, _ in node.calls if m == "sendmany"] == []
     node.warming_up = False
     deposits.watch_pass(store, clock, chain)
     assert alert(store, "deposits") is None
-    assert w.process(store, clock, chain).count("sent") == 1
+    assert p.process(store, clock, chain).count("sent") == 1
     assert_audit_clean(store)
 
 
@@ -195,15 +196,15 @@ def test_a_send_answered_with_warming_up_is_not_failed_or_refunded(warming, stor
     node, chain = warming
     fund(store, clock, "alice", 10_000_000)
     w.request_withdrawal(store, clock, "alice", MIN, ADDR_A)
-    node.fail("sendtoaddress", -28, "Loading wallet…")
-    report = w.process(store, clock, chain)
+    node.fail("sendmany", -28, "Loading wallet…")
+    report = p.process(store, clock, chain)
     assert "nothing was sent" in report.stopped
     req = store.get(withdraw_key("alice", 0)).value
     assert req["state"] == "sending"  # not failed-refunded: the node only was not ready
     assert node_alerts.current_alerts(store)["withdrawals"]["kind"] == "warming-up"
-    report = w.process(store, clock, chain)
+    report = p.process(store, clock, chain)
     assert report.count("sent") == 1
-    sends = [p for _, m, p in node.calls if m == "sendtoaddress"]
+    sends = [p for _, m, p in node.calls if m == "sendmany"]
     assert len(sends) == 2  # the refused one, then the one that went out
     assert len({tx.txid for tx in node.txs.values() if tx.sender == "payouts"}) == 1
     assert_audit_clean(store)

@@ -36,3 +36,22 @@ def test_it_turns_unhealthy_when_the_heartbeat_goes_stale(client, store, clock):
 def test_a_worker_pass_makes_it_healthy(client, store, clock):
     call_command("run_workers", "--once", verbosity=0)
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_short_payout_wallet_is_a_detail_not_an_outage(client, store, clock):
+    from bitcoinkeys import node_alerts
+
+    beat(store, "run_workers", clock.now())
+    assert client.get("/healthz").json()["payouts"] == {"short": False}
+    alert = {"waiting": 2, "waitingSats": 7_000_000, "balance": 1_000, "shortBy": 7_099_000}
+    node_alerts.raise_short(store, clock, alert)
+    response = client.get("/healthz")
+    assert response.status_code == 200  # the site is healthy; the requests wait safely
+    assert response.json()["payouts"] == {
+        "short": True,
+        "waiting": 2,
+        "waiting_sats": 7_000_000,
+        "balance_sats": 1_000,
+        "short_by_sats": 7_099_000,
+        "since": clock.now(),
+    }

@@ -24,6 +24,7 @@ from accounts.gateway import account_key
 from accounts.money import MAX_SATS, format_btc
 from adspace import buy, gateway
 from adspace.images import validate_ad_image
+from bitcoinkeys import withdraw_audit
 from bitcoinkeys import withdrawals as w
 from bitcoinkeys.gateway import withdraw_key, withdrawcount_key
 from tests.hostile_cases import (
@@ -121,7 +122,7 @@ def store(tmp_path):
 
 @pytest.fixture
 def world(store, clock, seller, buyer, outsider, staff) -> World:
-    w.ready_withdrawals()
+    withdraw_audit.ready_withdrawals()
     adjust_balance(store, clock, "outsider", OUTSIDER_FUNDS, "test funding")
     campaign = gateway.create_campaign(store, clock, "seller", M, 24, W, H, [])
     live = gateway.create_campaign(store, clock, "seller", M, 24, W, H, [])

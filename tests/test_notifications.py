@@ -19,6 +19,7 @@ from bitcoinkeys import deposits
 from bitcoinkeys import withdrawals as w
 from bitcoinkeys.chain import BitcoindChain, set_chain
 from bitcoinkeys.gateway import withdraw_key
+from bitcoinkeys.payouts import process as process_payouts
 from docstore import FixedClock
 from tests.conftest import PASSWORD
 from tests.harness import Scenario, run_crash_points
@@ -173,14 +174,14 @@ def test_a_sent_withdrawal_is_mailed_with_its_txid(store, clock, payouts, verifi
     verified("alice")
     fund(store, clock, "alice", 20_000_000)
     w.request_withdrawal(store, clock, "alice", MIN, ADDR_A)
-    w.process(store, clock, payouts)
+    process_payouts(store, clock, payouts)
     req = store.get(withdraw_key("alice", 0)).value
     assert req["state"] == "sent"
     notify.send_pending(store, clock)
     (msg,) = mail.outbox
     assert msg.subject.startswith("Your withdrawal of 0.03000000 BTC was sent")
     assert req["txid"] in msg.body and ADDR_A in msg.body
-    w.process(store, clock, payouts)
+    process_payouts(store, clock, payouts)
     notify.send_pending(store, clock)
     assert len(mail.outbox) == 1
 
@@ -201,10 +202,10 @@ def test_a_crash_right_after_sent_loses_no_withdrawal_notice(
     with monkeypatch.context() as m:
         m.setattr(notices, "queue_withdrawal_sent_quietly", die)
         with pytest.raises(Crash):
-            w.process(store, clock, payouts)
+            process_payouts(store, clock, payouts)
     assert store.get(withdraw_key("alice", 0)).value["state"] == "sent"
     clock.advance(600)  # the dead processor's lease runs out
-    w.process(store, clock, payouts)  # nothing to pay: the idle pass still queues the notice
+    process_payouts(store, clock, payouts)  # nothing to pay: the idle pass still queues the notice
     notify.send_pending(store, clock)
     assert len(messages_to("alice@example.test")) == 1
 

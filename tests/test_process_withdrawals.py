@@ -9,6 +9,7 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
+from bitcoinkeys import payouts as p
 from bitcoinkeys import withdrawals as w
 from bitcoinkeys.chain import BitcoindChain, NoChain, set_chain
 from bitcoinkeys.gateway import withdraw_key
@@ -79,7 +80,8 @@ def test_calculate_only_lists_each_request_and_what_the_wallet_needs(store, chai
 def test_calculate_only_says_how_short_the_payout_wallet_is(chain, queued):
     chain.configure(balance=5_000_000)
     out = run("--calculate-only")
-    assert "Payout wallet balance: 0.05000000 BTC; short by 0.02000000 BTC" in out
+    # 0.07 BTC to send and the 0.001 BTC network fee reserve.
+    assert "Payout wallet balance: 0.05000000 BTC; short by 0.02100000 BTC" in out
 
 
 def test_calculate_only_still_calculates_when_the_node_is_down(chain, queued):
@@ -111,7 +113,8 @@ def test_execute_sends_after_yes_one_line_per_request(store, chain, queued):
     txids = [s["txid"] for s in chain.sends]
     assert f"sent     withdraw::alice::0  0.03000000 BTC -> {ADDR_A}  txid {txids[0]}" in out
     assert f"sent     withdraw::bob::0  0.04000000 BTC -> {ADDR_B}  txid {txids[1]}" in out
-    assert "2 sent (0.07000000 BTC), 0 failed and refunded, 0 waiting." in out
+    assert txids[0] == txids[1]  # one transaction
+    assert "2 sent (0.07000000 BTC), 0 failed and refunded, 0 waiting; 1 transaction(s)." in out
     assert "Withdrawal pass complete." in out
     assert_books_clean(store)
 
@@ -119,6 +122,20 @@ def test_execute_sends_after_yes_one_line_per_request(store, chain, queued):
 def test_yes_skips_the_question_and_quiet_means_quiet(chain, queued):
     assert run("--execute", "--yes", verbosity=0) == ""
     assert len(chain.sends) == 2
+
+
+def test_a_short_wallet_is_not_an_error_for_a_timer_and_pays_once_funded(store, chain, queued):
+    chain.configure(balance=0)
+    out = run("--execute", "--yes")  # a timer's run: exits 0, says why nothing went out
+    assert "Payout wallet short: 2 request(s), 0.07000000 BTC waiting" in out
+    assert "0 sent (0.00000000 BTC), 0 failed and refunded, 2 waiting; 0 transaction(s)." in out
+    assert chain.txs == [] and store.get(withdraw_key("alice", 0)).value["state"] == "queued"
+    assert out.count("waiting  withdraw::alice::0") == 1  # one line per request, once
+    chain.configure(balance=10**12)
+    out = run("--execute", "--yes")
+    assert "2 sent (0.07000000 BTC), 0 failed and refunded, 0 waiting; 1 transaction(s)." in out
+    assert len(chain.txs) == 1
+    assert_each_request_paid_at_most_once(store)
 
 
 def test_a_refused_payout_is_reported_and_refunded(store, clock, chain):
@@ -159,7 +176,7 @@ def test_a_bad_cap_is_refused(chain, cap):
 
 
 def test_a_second_processor_is_refused(store, clock, chain, queued):
-    w.ProcessorLease(
+    p.ProcessorLease(
         store, clock, settings.WITHDRAW_PROCESSOR_LEASE_SECONDS, owner="the-other-one"
     ).acquire()
     _, error = run_failing("--execute", "--yes")
@@ -190,7 +207,7 @@ def test_end_to_end_against_bitcoind_a_lost_answer_is_looked_up_not_resent(store
         try:
             assert "Payout wallet balance: 1.00000000 BTC" in run("--calculate-only")
             # The node applies the first payout, then the connection dies before the answer.
-            node.drop_after.add("sendtoaddress")
+            node.drop_after.add("sendmany")
             out, error = run_failing("--execute", "--yes")
             assert "outcome unknown" in out and "NOT sent again blindly" in error
             assert store.get(withdraw_key("alice", 0)).value["state"] == "sending"
@@ -198,15 +215,15 @@ def test_end_to_end_against_bitcoind_a_lost_answer_is_looked_up_not_resent(store
             out = run("--execute", "--yes")
         finally:
             set_chain(None)
-        sends = [params for _, method, params in node.calls if method == "sendtoaddress"]
-        assert [(p[0], p[1], p[2]) for p in sends] == [
-            (ADDR_A, "0.03000000", "withdraw::alice::0"),
-            (ADDR_B, "0.04000000", "withdraw::alice::1"),
-        ]
-        paid = {tx.comment: tx.txid for tx in node.txs.values() if tx.sender == "payouts"}
+        # One sendmany for both, never repeated: the second run found it by the batch's comment.
+        sends = [params for _, method, params in node.calls if method == "sendmany"]
         first = store.get(withdraw_key("alice", 0)).value
-        assert first["state"] == "sent" and first["txid"] == paid["withdraw::alice::0"]
+        batch = first["attempt"]["batch"]
+        amounts = {ADDR_A: "0.03000000", ADDR_B: "0.04000000"}
+        assert [(p[0], p[1], p[3]) for p in sends] == [("", amounts, batch)]
+        paid = {tx.comment: tx.txid for tx in node.txs.values() if tx.sender == "payouts"}
+        assert first["state"] == "sent" and first["txid"] == paid[batch]
         assert "found in the payout wallet" in out
-        assert store.get(withdraw_key("alice", 1)).value["txid"] == paid["withdraw::alice::1"]
-        assert node.wallets["payouts"].balance == 100_000_000 - 7_000_000 - 2 * 1410
+        assert store.get(withdraw_key("alice", 1)).value["txid"] == paid[batch]
+        assert node.wallets["payouts"].balance == 100_000_000 - 7_000_000 - 1410
     assert_books_clean(store)

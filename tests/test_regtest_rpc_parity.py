@@ -141,7 +141,7 @@ def scenario(driver, chain: BitcoindChain, address: str) -> list:
     return seen
 
 
-def errors_and_payouts(chain: BitcoindChain, payee: str, empty_wallet: str) -> list:
+def errors_and_payouts(chain: BitcoindChain, payee: str, second: str, empty_wallet: str) -> list:
     seen: list = []
 
     def code_of(fn, *args):
@@ -163,6 +163,21 @@ def errors_and_payouts(chain: BitcoindChain, payee: str, empty_wallet: str) -> l
     txid = chain.send(payee, 3_000_000, "withdraw::alice::0")
     seen.append(("found by comment", chain.find_sent("withdraw::alice::0") == txid))
     seen.append(("other comment", chain.find_sent("withdraw::alice::1")))
+    # sendmany, as the batched processor uses it.
+    seen.append(("batch with a bad address", code_of(chain._rpc, chain.payout_wallet, "sendmany",
+                 "", {payee: "0.01", "bcrt1qnotanaddress": "0.01"}, 1, "payoutbatch::bad")))  # fmt: skip
+    seen.append(("batch from an empty wallet",
+                 code_of(empty.send_many, [(payee, 100_000)], "payoutbatch::empty")))  # fmt: skip
+    seen.append(("empty batch's comment unused", chain.find_sent("payoutbatch::empty")))
+    batch = chain.send_many([(payee, 1_000_000), (second, 2_000_000)], "payoutbatch::one")
+    seen.append(("batch found by comment", chain.find_sent("payoutbatch::one") == batch))
+    entries = chain._wallet_rpc(chain.payout_wallet, "listtransactions", "*", 100, 0)
+    mine = [
+        e for e in entries if e.get("comment") == "payoutbatch::one" and e["category"] == "send"
+    ]
+    seen.append(
+        ("batch entries", sorted((e["txid"] == batch, int(-e["amount"] * 10**8)) for e in mine))
+    )
     return seen
 
 
@@ -171,11 +186,12 @@ def test_the_scripted_server_answers_like_bitcoin_core(regtest, tmp_path):
     keys = regtest.new_wallet("keys")
     address = regtest.node.new_address(keys)
     payee = regtest.node.new_address(keys)
+    second = regtest.node.new_address(keys)
     regtest.chain.import_addresses([address])
     regtest.fund_payout_wallet(SATS)
     empty = regtest.new_wallet("empty")
     real = scenario(RealDriver(regtest, address), regtest.chain, address)
-    real_errors = errors_and_payouts(regtest.chain, payee, empty)
+    real_errors = errors_and_payouts(regtest.chain, payee, second, empty)
 
     with FakeBitcoind() as node:
         node.create_wallet("deposits")
@@ -185,7 +201,7 @@ def test_the_scripted_server_answers_like_bitcoin_core(regtest, tmp_path):
         chain = BitcoindChain(url=node.url, wallet="deposits", payout_wallet="payouts", timeout=5)
         try:
             fake = scenario(FakeDriver(node, address), chain, address)
-            fake_errors = errors_and_payouts(chain, payee, "empty")
+            fake_errors = errors_and_payouts(chain, payee, second, "empty")
         finally:
             chain.close()
         assert not node.errors, node.errors

@@ -15,6 +15,7 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 
+from bitcoinkeys import payouts as p
 from bitcoinkeys import withdrawals as w
 from bitcoinkeys.gateway import withdraw_key
 from tests.invariants import assert_audit_clean
@@ -54,7 +55,7 @@ def test_a_queued_withdrawal_is_sent_once_to_the_right_address_and_amount(
     address = payout.node.new_address(receiver)
     fund(store, clock, "alice", 10_000_000)
     w.request_withdrawal(store, clock, "alice", MIN, address)
-    report = w.process(store, clock, payout.chain)
+    report = p.process(store, clock, payout.chain)
     assert report.count("sent") == 1 and report.stopped is None
     req = state(store, "alice", 0)
     assert req["state"] == "sent"
@@ -63,8 +64,8 @@ def test_a_queued_withdrawal_is_sent_once_to_the_right_address_and_amount(
     assert sent == [(address, MIN)]
     payout.mine(1)
     assert payout.received(receiver, address) == MIN
-    assert w.process(store, clock, payout.chain).lines == []  # nothing left to do
-    assert len(sends_with_comment(payout, withdraw_key("alice", 0))) == 1
+    assert p.process(store, clock, payout.chain).lines == []  # nothing left to do
+    assert len(sends_with_comment(payout, req["attempt"]["batch"])) == 1
     assert_audit_clean(store)
 
 
@@ -79,25 +80,25 @@ def test_a_processor_killed_after_the_send_finds_it_by_comment_and_does_not_send
     address = payout.node.new_address(receiver)
     fund(store, clock, "alice", 10_000_000)
     w.request_withdrawal(store, clock, "alice", MIN, address)
-    real_send = payout.chain.send
+    real_send = payout.chain.send_many
 
-    def send_then_die(addr, sats, comment):
-        real_send(addr, sats, comment)
+    def send_then_die(outputs, comment):
+        real_send(outputs, comment)
         raise KilledAfterSend()
 
-    payout.chain.send = send_then_die
+    payout.chain.send_many = send_then_die
     with pytest.raises(KilledAfterSend):
-        w.process(store, clock, payout.chain)
-    payout.chain.send = real_send
+        p.process(store, clock, payout.chain)
+    payout.chain.send_many = real_send
     assert state(store, "alice", 0)["state"] == "sending"  # the txid was never recorded
     # The dead processor's lease runs out; the next one looks before it sends.
-    with pytest.raises(w.ProcessorBusy):
-        w.process(store, clock, payout.chain)
+    with pytest.raises(p.ProcessorBusy):
+        p.process(store, clock, payout.chain)
     clock.advance(settings.WITHDRAW_PROCESSOR_LEASE_SECONDS + 1)
-    report = w.process(store, clock, payout.chain)
+    report = p.process(store, clock, payout.chain)
     (line,) = report.lines
     assert line.result == "sent" and line.detail == "found in the payout wallet"
-    (sent,) = sends_with_comment(payout, withdraw_key("alice", 0))
+    (sent,) = sends_with_comment(payout, state(store, "alice", 0)["attempt"]["batch"])
     assert state(store, "alice", 0)["txid"] == sent["txid"]
     payout.mine(1)
     assert payout.received(receiver, address) == MIN
@@ -110,31 +111,33 @@ def test_two_processors_at_once_only_one_sends(payout, receiver, store, clock):
     w.request_withdrawal(store, clock, "alice", MIN, address)
     w.request_withdrawal(store, clock, "alice", 4_000_000, address)
     inside_send, may_send = threading.Event(), threading.Event()
-    real_send = payout.chain.send
+    real_send = payout.chain.send_many
 
-    def slow_send(addr, sats, comment):
+    def slow_send(outputs, comment):
         inside_send.set()
         assert may_send.wait(30)
-        return real_send(addr, sats, comment)
+        return real_send(outputs, comment)
 
-    payout.chain.send = slow_send
+    payout.chain.send_many = slow_send
     results: dict = {}
-    first = threading.Thread(target=lambda: results.update(a=w.process(store, clock, payout.chain)))
+    first = threading.Thread(target=lambda: results.update(a=p.process(store, clock, payout.chain)))
     first.start()
     assert inside_send.wait(30)
     from bitcoinkeys.chain import build_chain
 
     rival = build_chain()
     try:
-        with pytest.raises(w.ProcessorBusy):
-            w.process(store, clock, rival)
+        with pytest.raises(p.ProcessorBusy):
+            p.process(store, clock, rival)
     finally:
         may_send.set()
         first.join(60)
         rival.close()
     assert results["a"].count("sent") == 2
-    for i in (0, 1):
-        assert len(sends_with_comment(payout, withdraw_key("alice", i))) == 1
+    # One address twice: one output of both amounts, in one transaction, sent once.
+    (entry,) = sends_with_comment(payout, state(store, "alice", 0)["attempt"]["batch"])
+    assert entry["txid"] == state(store, "alice", 1)["txid"]
+    assert round(-entry["amount"] * 100_000_000) == MIN + 4_000_000
     payout.mine(1)
     assert payout.received(receiver, address) == MIN + 4_000_000
     assert_audit_clean(store)
@@ -157,11 +160,78 @@ def test_calculate_only_matches_what_is_then_sent(payout, receiver, store, clock
     call_command("process_withdrawals", "--execute", "--yes", stdout=out, stderr=StringIO())
     assert "2 sent (0.08500000 BTC)" in out.getvalue()
     on_chain = set()
-    for key in (withdraw_key("alice", 0), withdraw_key("bob", 0)):
-        (entry,) = sends_with_comment(payout, key)
-        on_chain.add((key, f"{-entry['amount']:.8f}", entry["address"]))
+    batch = state(store, "alice", 0)["attempt"]["batch"]
+    entries = {e["address"]: e for e in sends_with_comment(payout, batch)}
+    assert len({e["txid"] for e in entries.values()}) == 1  # one transaction for both
+    for username in ("alice", "bob"):
+        req = state(store, username, 0)
+        entry = entries[req["address"]]
+        on_chain.add((withdraw_key(username, 0), f"{-entry['amount']:.8f}", entry["address"]))
     assert on_chain == calculated
     payout.mine(1)
     assert payout.received(receiver, to_alice) == MIN
     assert payout.received(receiver, to_bob) == 5_500_000
+    assert_audit_clean(store)
+
+
+def test_an_empty_payout_wallet_keeps_requests_queued_until_one_transaction_pays_them_all(
+    regtest, receiver, store, clock, client, staff
+):
+    """The issue's end to end: the wallet empty -> the requests stay queued and staff are told
+    (command, log, admin banner, /healthz) -> funded -> one pass pays them all in one
+    transaction, exactly once -> the audit is clean."""
+    regtest.node.create_wallet(regtest.payout_wallet)  # exists, holds nothing
+    to_alice, to_bob = regtest.node.new_address(receiver), regtest.node.new_address(receiver)
+    fund(store, clock, "alice", 20_000_000)
+    fund(store, clock, "bob", 20_000_000)
+    w.request_withdrawal(store, clock, "alice", MIN, to_alice)
+    w.request_withdrawal(store, clock, "bob", 4_000_000, to_bob)
+    w.request_withdrawal(store, clock, "alice", 5_000_000, to_alice)
+    keys = [withdraw_key("alice", 0), withdraw_key("bob", 0), withdraw_key("alice", 1)]
+
+    # A timer runs `--execute --yes` every minute: the run succeeds, sends nothing, says why.
+    for _ in range(2):
+        out = StringIO()
+        call_command("process_withdrawals", "--execute", "--yes", stdout=out, stderr=StringIO())
+        assert "Payout wallet short: 3 request(s), 0.12000000 BTC waiting" in out.getvalue()
+        assert "0 sent" in out.getvalue() and "3 waiting" in out.getvalue()
+        clock.advance(60)
+    assert [state(store, *k.split("::")[1:])["state"] for k in keys] == ["queued"] * 3
+    assert regtest.rpc("listtransactions", "*", 100, 0, wallet=regtest.payout_wallet) == []
+    health = client.get("/healthz").json()["payouts"]
+    assert health["short"] is True and health["waiting"] == 3
+    assert health["short_by_sats"] == 12_000_000 + settings.PAYOUT_FEE_RESERVE_SATS
+    client.force_login(staff)
+    page = client.get("/admin/dashboard/").content.decode()
+    assert "PAYOUT WALLET SHORT" in page and "3 request(s), 0.12000000 BTC waiting" in page
+    assert_audit_clean(store)
+
+    # Funded: the next run pays all three in one transaction.
+    regtest.node.pay(regtest.node.new_address(regtest.payout_wallet), "1.0")
+    regtest.mine()
+    out = StringIO()
+    call_command("process_withdrawals", "--execute", "--yes", stdout=out, stderr=StringIO())
+    assert "3 sent (0.12000000 BTC), 0 failed and refunded, 0 waiting; 1 transaction(s)." in (
+        out.getvalue()
+    )
+    reqs = [store.get(k).value for k in keys]
+    (txid,) = {r["txid"] for r in reqs}
+    (batch,) = {r["attempt"]["batch"] for r in reqs}
+    tx = regtest.rpc("gettransaction", txid, wallet=regtest.payout_wallet)
+    sent = sorted((d["address"], round(-d["amount"] * 100_000_000)) for d in tx["details"])
+    assert sent == sorted([(to_alice, MIN + 5_000_000), (to_bob, 4_000_000)])
+    assert {e["txid"] for e in sends_with_comment(regtest, batch)} == {txid}
+    assert store.get(batch).value["state"] == "sent"
+    # Exactly once: further runs find nothing to do and the wallet sent one transaction.
+    out = StringIO()
+    call_command("process_withdrawals", "--execute", "--yes", stdout=out, stderr=StringIO())
+    assert "Nothing to send" in out.getvalue() or "No queued withdrawals" in out.getvalue()
+    sends = regtest.rpc("listtransactions", "*", 100, 0, wallet=regtest.payout_wallet)
+    assert {e["txid"] for e in sends if e["category"] == "send"} == {txid}
+    assert client.get("/healthz").json()["payouts"] == {"short": False}
+    client.post("/admin/dashboard/run-audit/")  # the dashboard is cached; this rebuilds it
+    assert "PAYOUT WALLET SHORT" not in client.get("/admin/dashboard/").content.decode()
+    regtest.mine(1)
+    assert regtest.received(receiver, to_alice) == MIN + 5_000_000
+    assert regtest.received(receiver, to_bob) == 4_000_000
     assert_audit_clean(store)

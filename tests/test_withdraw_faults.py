@@ -20,6 +20,8 @@ from accounts import locks
 from accounts.audit import Report, audit_accounts
 from accounts.gateway import walk_directory
 from accounts.recovery import recover_locks
+from bitcoinkeys import node_alerts, withdraw_audit
+from bitcoinkeys import payouts as p
 from bitcoinkeys import withdrawals as w
 from bitcoinkeys.gateway import WITHDRAWDIR, withdraw_key, withdrawdir_key
 from docstore.backends.memory import MemoryStore
@@ -34,6 +36,7 @@ from tests.test_withdrawals import (
     _withdrawals_registered,  # noqa: F401  (autouse: registers finishers, recovery and audit)
     assert_each_request_paid_at_most_once,
     fund,
+    payments,
     refunds_of,
 )
 
@@ -42,7 +45,7 @@ EXPECTED = (
     locks.AccountBusy,
     locks.InsufficientFunds,
     w.WithdrawError,  # NotCancellable, WithdrawalNotFound...
-    w.ProcessorBusy,
+    p.ProcessorBusy,
 )
 
 
@@ -52,14 +55,14 @@ def lease() -> int:
 
 def processor(store, clock, ctx=None):
     # The lock lease as processor lease, so the harness's "past the lease" also expires it.
-    return w.process(store, clock, FakeChain(store), lease_seconds=lease())
+    return p.process(store, clock, FakeChain(store), lease_seconds=lease())
 
 
 def run_recovery(store, clock):
     """The recovery passes that touch withdrawals, in the worker's order."""
     return {
         "locks": recover_locks(store, clock),
-        "withdrawals": w.recover_withdrawals(store, clock),
+        "withdrawals": withdraw_audit.recover_withdrawals(store, clock),
     }
 
 
@@ -67,8 +70,9 @@ def recover_all(store, clock):
     """Recovery plus the processor's next passes: a request a dead processor left `sending`
     is only settled by a pass that can ask the wallet."""
     run_recovery(store, clock)
-    for _ in range(6):  # each queued chain fault stops at most one pass
-        if not processor(store, clock).stopped:
+    for _ in range(6):  # each queued chain fault stops (or, "insufficient funds", shorts) one pass
+        report = processor(store, clock)
+        if not report.stopped and not report.short:
             return
 
 
@@ -85,7 +89,7 @@ def all_requests(store) -> list[tuple[str, dict]]:
 def assert_books_clean(store) -> None:
     report = Report()
     audit_accounts(store, report)  # balances == ledgers, no lock left
-    w.audit_withdrawals(store, report)  # each hold and refund once; the money equation
+    withdraw_audit.audit_withdrawals(store, report)  # each hold and refund once; the money equation
     assert report.ok, "\n".join(report.lines())
 
 
@@ -93,6 +97,7 @@ def check_world(world: World, settled: bool = True) -> None:
     store = world.store
     assert_books_clean(store)
     assert_each_request_paid_at_most_once(store)
+    paid = payments(store)
     for key, req in all_requests(store):
         assert req["state"] != "failed", f"{key} failed and was never refunded"
         if settled:
@@ -103,6 +108,9 @@ def check_world(world: World, settled: bool = True) -> None:
             assert req["address"] == REFUSED, f"{key} failed though the wallet accepts it"
         if req["state"] == "sent":
             assert req["address"] != REFUSED
+            assert key in paid, f"{key} is recorded sent but the wallet never paid it"
+        if req["state"] == "queued":
+            assert key not in paid, f"{key} is queued again though the wallet paid it"
 
 
 # --- the hold ---------------------------------------------------------------------------------
@@ -271,6 +279,116 @@ def test_the_processor_survives_the_lease_matrix(make_world_store):
     assert run_lease_matrix(PROCESS_REFUSED, make_world_store, rivals) > 50
 
 
+# --- batches: several requests in one transaction -----------------------------------------------
+
+RESERVE = 100_000  # PAYOUT_FEE_RESERVE_SATS's default
+
+
+def left_in_batch(store, clock, keys: list[str], sent: bool) -> str:
+    """Requests a dead batched processor left `sending` in one batch, after (sent) or before
+    its sendmany; the batch record is written, as the processor writes it before sending."""
+    batch = f"{p.BATCH_PREFIX}dead-{len(keys)}-{int(sent)}"
+    reqs = []
+    for key in keys:
+        doc = store.get(key)
+        req = doc.value
+        attempt = {"n": 1, "by": "dead-processor", "at": clock.now(), "id": f"dead:{key}",
+                   "batch": batch}  # fmt: skip
+        history = [*req["history"], {"at": clock.now(), "state": "sending", "batch": batch}]
+        new = {**req, "state": "sending", "attempt": attempt, "history": history}
+        store.replace(key, new, doc.cas)
+        reqs.append(new)
+    outputs = p.batch_outputs(reqs)
+    store.insert(batch, {
+        "state": "sending", "requests": keys, "outputs": [list(o) for o in outputs],
+        "total": sum(s for _, s in outputs), "by": "dead-processor", "createdAt": clock.now(),
+        "txid": None, "error": None,
+    })  # fmt: skip
+    if sent:
+        FakeChain(store).send_many(outputs, batch)
+    return batch
+
+
+def batch_setup(store, clock):
+    """Four requests for one batch: two of alice's (one address twice), bob's, cat's refused."""
+    fund(store, clock, "alice", 20_000_000)
+    fund(store, clock, "bob", 10_000_000)
+    fund(store, clock, "cat", 10_000_000)
+    w.request_withdrawal(store, clock, "alice", MIN, ADDR_A)
+    w.request_withdrawal(store, clock, "bob", 4_000_000, ADDR_B)
+    w.request_withdrawal(store, clock, "cat", MIN, REFUSED)
+    w.request_withdrawal(store, clock, "alice", 5_000_000, ADDR_A)
+    clock.advance(60)
+    return {}
+
+
+def resume_batch_setup(store, clock):
+    batch_setup(store, clock)
+    left_in_batch(store, clock, [withdraw_key("alice", 0), withdraw_key("bob", 0)], sent=True)
+    left_in_batch(store, clock, [withdraw_key("alice", 1)], sent=False)
+    return {}
+
+
+def short_setup(store, clock):
+    batch_setup(store, clock)
+    # Enough for alice's first and bob's (and the fee reserve), not for alice's second.
+    FakeChain(store).configure(balance=MIN + 4_000_000 + RESERVE + 1_000_000)
+    return {}
+
+
+def short_check(world: World) -> None:
+    check_world(world)
+    store = world.store
+    states = {key: req["state"] for key, req in all_requests(store)}
+    assert states[withdraw_key("alice", 0)] in ("sent", "refunded")
+    assert states[withdraw_key("bob", 0)] in ("sent", "refunded")
+    # Never failed for want of funds: waits (queued), or went out if the cancel freed room.
+    assert states[withdraw_key("alice", 1)] in ("queued", "sent", "refunded")
+    if states[withdraw_key("alice", 1)] == "queued":
+        alert = node_alerts.payout_short(store)
+        assert alert is not None and alert["waiting"] >= 1
+
+
+BATCH = Scenario(
+    "withdraw processor, one batch", batch_setup, processor, recover_all, process_check, EXPECTED
+)
+BATCH_RESUME = Scenario(
+    "withdraw processor after a crashed batch", resume_batch_setup, processor, recover_all,
+    process_check, EXPECTED,
+)  # fmt: skip
+BATCH_SHORT = Scenario(
+    "withdraw processor, wallet short", short_setup, processor, recover_all, short_check, EXPECTED
+)
+
+
+def test_a_batch_survives_every_crash_point(make_world_store):
+    assert run_crash_points(BATCH, make_world_store, levels=1) > 60
+
+
+def test_resuming_a_crashed_batch_survives_every_crash_point(make_world_store):
+    assert run_crash_points(BATCH_RESUME, make_world_store, levels=1) > 40
+
+
+def test_a_short_wallet_survives_every_crash_point(make_world_store):
+    assert run_crash_points(BATCH_SHORT, make_world_store, levels=1) > 30
+
+
+def test_a_batch_survives_the_lease_matrix(make_world_store):
+    rivals = {
+        "a second processor": processor,
+        "a cancel of a request in the batch": lambda s, c, ctx: w.cancel_withdrawal(
+            s, c, "alice", 1
+        ),
+        "a new request": lambda s, c, ctx: w.request_withdrawal(s, c, "bob", MIN, ADDR_TR),
+    }
+    assert run_lease_matrix(BATCH, make_world_store, rivals) > 50
+
+
+def test_a_crashed_batch_survives_the_lease_matrix(make_world_store):
+    rivals = {"a second processor": processor}
+    assert run_lease_matrix(BATCH_RESUME, make_world_store, rivals) > 20
+
+
 def test_an_interrupted_pass_survives_the_lease_matrix(make_world_store):
     rivals = {"a second processor": processor}
     assert run_lease_matrix(PROCESS_RESUME, make_world_store, rivals) > 20
@@ -285,6 +403,8 @@ CHAIN_FAULTS = [
     [("send", "garbled-after-send")],
     [("find_sent", "unreachable")],
     [("send", "timeout-after-send"), ("find_sent", "unreachable")],
+    [("send", "insufficient")],
+    [("payout_balance", "unreachable")],
 ]
 
 
@@ -296,12 +416,17 @@ def swarm_setup(store, clock):
     w.request_withdrawal(store, clock, "bob", 4_000_000, REFUSED)
     w.request_withdrawal(store, clock, "cat", MIN, ADDR_TR)
     left_sending(store, clock, withdraw_key("cat", 0), sent=True)
+    w.request_withdrawal(store, clock, "alice", 4_000_000, ADDR_B)
+    w.request_withdrawal(store, clock, "cat", MIN, ADDR_A)
+    left_in_batch(store, clock, [withdraw_key("alice", 1), withdraw_key("cat", 1)], sent=True)
     clock.advance(60)
     return {}
 
 
 def swarm_actors(world, rng):
-    FakeChain(world.store).configure(faults=rng.choice(CHAIN_FAULTS))
+    # Sometimes the payout wallet is empty or short at first; it is funded before the end.
+    balance = rng.choice([10**15, 10**15, 0, MIN + RESERVE, 8_000_000 + RESERVE])
+    FakeChain(world.store).configure(faults=rng.choice(CHAIN_FAULTS), balance=balance)
     actors = [processor]
     if rng.random() < 0.5:
         actors.append(processor)
@@ -328,7 +453,15 @@ def swarm_actors(world, rng):
     return actors
 
 
-SWARM = Scenario("withdraw swarm", swarm_setup, processor, recover_all, process_check, EXPECTED)
+def fund_wallet_and_recover(store, clock):
+    """The operator funds the payout wallet; recovery and the next passes pay what waited."""
+    FakeChain(store).configure(balance=10**15)
+    recover_all(store, clock)
+
+
+SWARM = Scenario(
+    "withdraw swarm", swarm_setup, processor, fund_wallet_and_recover, process_check, EXPECTED
+)
 
 
 def test_the_withdrawal_swarm_never_pays_twice_or_refunds_twice(swarm_seeds):
@@ -337,7 +470,7 @@ def test_the_withdrawal_swarm_never_pays_twice_or_refunds_twice(swarm_seeds):
 
 def test_the_checks_catch_a_refund_after_an_unknown_outcome(monkeypatch):
     # A broken variant: "no answer" taken for "refused", so money that left is refunded too.
-    monkeypatch.setattr(w, "is_refusal", lambda exc: True)
+    monkeypatch.setattr(p, "is_refusal", lambda exc: True)
     with pytest.raises(AssertionError, match=r"failed though the wallet accepts it|sent but is"):
         run_swarm(SWARM, MemoryStore, swarm_actors, range(200))
 
@@ -347,3 +480,25 @@ def test_the_checks_catch_a_blind_resend(monkeypatch):
     monkeypatch.setattr(FakeChain, "find_sent", lambda self, comment: None)
     with pytest.raises(AssertionError, match="was sent 2 times"):
         run_swarm(SWARM, MemoryStore, swarm_actors, range(200))
+
+
+def test_the_checks_catch_a_short_wallet_failing_requests(monkeypatch):
+    # A broken variant: "insufficient funds" taken for a refusal of the request (the old
+    # behaviour), so requests are failed and refunded for want of funds in the payout wallet.
+    monkeypatch.setattr(p, "is_short", lambda exc: False)
+    with pytest.raises(AssertionError, match="failed though the wallet accepts it"):
+        run_swarm(SWARM, MemoryStore, swarm_actors, range(200))
+
+
+def test_the_checks_catch_a_batch_recorded_for_only_some_of_its_requests(monkeypatch):
+    # A broken variant: after a crash, only the first request of a batch found in the wallet is
+    # recorded sent; the others are paid again in a new batch.
+    real = p._Pass.look_up
+
+    def first_only(self, rows):
+        again = real(self, rows[:1])
+        return again + rows[1:]
+
+    monkeypatch.setattr(p._Pass, "look_up", first_only)
+    with pytest.raises(AssertionError, match="was sent 2 times"):
+        run_crash_points(BATCH_RESUME, MemoryStore, levels=1)

@@ -9,6 +9,7 @@ import pytest
 
 from accounts import locks
 from accounts.gateway import get_account
+from bitcoinkeys import payouts as p
 from bitcoinkeys import withdraw_views
 from bitcoinkeys import withdrawals as w
 from bitcoinkeys.gateway import withdraw_key
@@ -130,7 +131,7 @@ def test_the_list_shows_the_txid_and_history_once_sent(alice_client, store, cloc
     post(alice_client, amount="0.05", address=ADDR_A)
     chain = FakeChain(store)
     clock.advance(3600)
-    w.process(store, clock, chain)
+    p.process(store, clock, chain)
     html = alice_client.get(URL).content.decode()
     txid = chain.sends[0]["txid"]
     assert f"txid <code>{txid}</code>" in html
@@ -142,7 +143,7 @@ def test_the_list_shows_the_txid_and_history_once_sent(alice_client, store, cloc
 def test_a_failed_withdrawal_shows_its_error_and_refund(alice_client, store, clock):
     post(alice_client, amount="0.05", address=ADDR_A)
     FakeChain(store).configure(refuse=[ADDR_A])
-    w.process(store, clock, FakeChain(store))
+    p.process(store, clock, FakeChain(store))
     html = alice_client.get(URL).content.decode()
     assert "Failed and refunded" in html and "Invalid address for this wallet" in html
     assert balance(store) == BALANCE
@@ -239,7 +240,7 @@ def test_cancel_refunds_and_a_second_cancel_changes_nothing(alice_client, store)
 
 def test_a_withdrawal_being_sent_cannot_be_cancelled(alice_client, store, clock):
     post(alice_client, amount="0.05", address=ADDR_A)
-    w.process(store, clock, FakeChain(store).configure(faults=[("send", "timeout-after-send")]))
+    p.process(store, clock, FakeChain(store).configure(faults=[("send", "timeout-after-send")]))
     before = store.dump()
     html = cancel(alice_client, 0).content.decode()
     assert "already being sent and can no longer be cancelled" in html

@@ -8,6 +8,7 @@ is cloned with a swarm world, and any process that reaches the store reaches the
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 
 import pytest
 from django.conf import settings
@@ -19,6 +20,8 @@ from accounts.audit import run_audit
 from accounts.gateway import ensure_account, full_ledger, get_account
 from accounts.money import fee_up
 from accounts.recovery import run_recovery
+from bitcoinkeys import node_alerts, payout_lease, withdraw_audit, withdraw_queue
+from bitcoinkeys import payouts as p
 from bitcoinkeys import withdrawals as w
 from bitcoinkeys.chain import ChainError, ChainUnavailable, NoChain
 from bitcoinkeys.gateway import withdraw_key, withdrawcount_key, withdrawdir_key
@@ -46,8 +49,9 @@ def unwrap(store):
 
 
 class FakeChain:
-    """A payout wallet: records sends per comment; can refuse, be unreachable, or time out after
-    sending. Faults are queued per method and used once each, in order."""
+    """A payout wallet: records every transaction with its comment and outputs; can refuse, be
+    unreachable, or time out after sending. Faults are queued per method and used once each, in
+    order ("send" faults apply to `send` and `send_many` alike)."""
 
     KEY = "fakechain::wallet"
     available = True
@@ -59,7 +63,7 @@ class FakeChain:
         try:
             return self.store.get(self.KEY).value
         except NotFound:
-            return {"balance": 10**15, "sends": [], "refuse": [REFUSED], "faults": [], "calls": 0}
+            return {"balance": 10**15, "txs": [], "refuse": [REFUSED], "faults": [], "calls": 0}
 
     def _save(self, state: dict) -> None:
         self.store.upsert(self.KEY, state)
@@ -83,32 +87,47 @@ class FakeChain:
         return None
 
     @property
+    def txs(self) -> list[dict]:
+        return self._state()["txs"]
+
+    @property
     def sends(self) -> list[dict]:
-        return self._state()["sends"]
+        """One entry per output, as listtransactions shows them."""
+        return [
+            {"comment": t["comment"], "address": a, "sats": sats, "txid": t["txid"]}
+            for t in self.txs
+            for a, sats in t["outputs"]
+        ]
 
     def sends_of(self, comment: str) -> list[dict]:
         return [s for s in self.sends if s["comment"] == comment]
 
     def send(self, address: str, sats: int, comment: str) -> str:
+        return self.send_many([(address, sats)], comment)
+
+    def send_many(self, outputs: list[tuple[str, int]], comment: str) -> str:
         state = self._state()
         fault = self._fault(state, "send")
         if fault == "unreachable":
             self._save(state)
             raise ChainUnavailable("connection refused")
-        if address in state["refuse"]:
+        if any(address in state["refuse"] for address, _ in outputs):
             self._save(state)
             raise ChainError("Invalid address for this wallet", code=-5)
-        if sats > state["balance"]:
+        total = sum(sats for _, sats in outputs)
+        if total > state["balance"] or fault == "insufficient":
             self._save(state)
             raise ChainError("Insufficient funds", code=-6)
-        txid = hashlib.sha256(f"{comment}#{len(state['sends'])}".encode()).hexdigest()
-        state["sends"].append({"comment": comment, "address": address, "sats": sats, "txid": txid})
-        state["balance"] -= sats
+        txid = hashlib.sha256(f"{comment}#{len(state['txs'])}".encode()).hexdigest()
+        state["txs"].append(
+            {"comment": comment, "txid": txid, "outputs": [[a, sats] for a, sats in outputs]}
+        )
+        state["balance"] -= total
         self._save(state)
         if fault == "timeout-after-send":
             raise ChainUnavailable("timed out waiting for the answer")
         if fault == "garbled-after-send":
-            raise ChainError("bitcoind sent a garbled answer to sendtoaddress")
+            raise ChainError("bitcoind sent a garbled answer to sendmany")
         if fault == "crash-after-send":
             raise Crash("the processor died right after the send")
         return txid
@@ -118,7 +137,7 @@ class FakeChain:
         if self._fault(state, "find_sent") == "unreachable":
             self._save(state)
             raise ChainUnavailable("connection refused")
-        found = [s["txid"] for s in state["sends"] if s["comment"] == comment]
+        found = [t["txid"] for t in state["txs"] if t["comment"] == comment]
         return found[0] if found else None
 
     def payout_balance(self) -> int:
@@ -132,7 +151,7 @@ class FakeChain:
 @pytest.fixture(autouse=True)
 def _withdrawals_registered():
     # BitcoinkeysConfig.ready calls this once wired; registering twice is harmless.
-    w.ready_withdrawals()
+    withdraw_audit.ready_withdrawals()
 
 
 def fund(store, clock, username: str, sats: int) -> None:
@@ -154,19 +173,35 @@ def assert_books_clean(store) -> None:
     assert report.ok, "\n".join(report.lines())
 
 
-def assert_each_request_paid_at_most_once(store) -> None:
-    """Never two sends for one request; every send belongs to a request that says so."""
+def payments(store) -> dict[str, list[str]]:
+    """request key -> txids of the fake wallet's transactions that paid it. Checks on the way
+    that no comment was used twice and that each transaction paid exactly its batch's requests."""
     chain = FakeChain(store)
-    by_comment: dict[str, list[dict]] = {}
-    for s in chain.sends:
-        by_comment.setdefault(s["comment"], []).append(s)
-    for comment, sends in by_comment.items():
-        assert len(sends) == 1, f"{comment} was sent {len(sends)} times"
-        req = store.get(comment).value
-        assert req["state"] in (w.SENDING, w.SENT), f"{comment} was sent but is {req['state']}"
-        assert (sends[0]["address"], sends[0]["sats"]) == (req["address"], req["amount"])
+    comments = Counter(t["comment"] for t in chain.txs)
+    paid: dict[str, list[str]] = {}
+    for tx in chain.txs:
+        comment = tx["comment"]
+        assert comments[comment] == 1, f"{comment} was sent {comments[comment]} times"
+        if comment.startswith(p.BATCH_PREFIX):
+            keys = store.get(comment).value["requests"]
+        else:
+            keys = [comment]  # the one-at-a-time processor's comment: the request's key
+        reqs = [store.get(k).value for k in keys]
+        want = [list(o) for o in p.batch_outputs(reqs)]
+        assert tx["outputs"] == want, f"{comment} paid {tx['outputs']}, its requests {want}"
+        for key in keys:
+            paid.setdefault(key, []).append(tx["txid"])
+    return paid
+
+
+def assert_each_request_paid_at_most_once(store) -> None:
+    """Never two payments of one request; a paid request says `sending` or `sent` (that txid)."""
+    for key, txids in payments(store).items():
+        assert len(txids) == 1, f"{key} was sent {len(txids)} times"
+        req = store.get(key).value
+        assert req["state"] in (w.SENDING, w.SENT), f"{key} was sent but is {req['state']}"
         if req["state"] == w.SENT:
-            assert req["txid"] == sends[0]["txid"]
+            assert req["txid"] == txids[0], f"{key} records {req['txid']}, paid in {txids[0]}"
 
 
 def refunds_of(store, username: str, key: str) -> list[dict]:
@@ -384,7 +419,7 @@ def test_a_request_being_sent_cannot_be_cancelled(store, clock):
     fund(store, clock, "alice", 10_000_000)
     w.request_withdrawal(store, clock, "alice", MIN, ADDR_A)
     chain = FakeChain(store).configure(faults=[("send", "timeout-after-send")])
-    report = w.process(store, clock, chain)
+    report = p.process(store, clock, chain)
     assert report.stopped and request(store, "alice", 0)["state"] == "sending"
     before = store.dump()
     with pytest.raises(
@@ -425,24 +460,29 @@ def queue_three(store, clock):
     w.request_withdrawal(store, clock, "alice", 5_000_000, ADDR_TR)
 
 
-def test_the_processor_sends_each_request_once_in_order(store, clock):
+def test_one_pass_pays_the_whole_queue_in_one_transaction_in_order(store, clock):
     queue_three(store, clock)
     chain = FakeChain(store)
     clock.advance(3600)
-    report = w.process(store, clock, chain)
+    report = p.process(store, clock, chain)
     assert report.stopped is None
     assert [(ln.key, ln.result) for ln in report.lines] == [
         ("withdraw::alice::0", "sent"),
         ("withdraw::bob::0", "sent"),
         ("withdraw::alice::1", "sent"),
     ]
-    assert [(s["comment"], s["address"], s["sats"]) for s in chain.sends] == [
-        ("withdraw::alice::0", ADDR_A, MIN),
-        ("withdraw::bob::0", ADDR_B, 4_000_000),
-        ("withdraw::alice::1", ADDR_TR, 5_000_000),
-    ]
+    (tx,) = chain.txs
+    assert tx["comment"].startswith("payoutbatch::")
+    assert tx["outputs"] == [[ADDR_A, MIN], [ADDR_B, 4_000_000], [ADDR_TR, 5_000_000]]
+    assert report.batches == [(tx["comment"], tx["txid"], 3)]
+    batch = store.get(tx["comment"]).value
+    assert batch["state"] == "sent" and batch["txid"] == tx["txid"]
+    assert batch["requests"] == ["withdraw::alice::0", "withdraw::bob::0", "withdraw::alice::1"]
+    for key in batch["requests"]:
+        req = store.get(key).value
+        assert req["state"] == "sent" and req["txid"] == tx["txid"]
+        assert req["attempt"]["batch"] == tx["comment"]
     req = request(store, "alice", 0)
-    assert req["state"] == "sent" and req["txid"] == chain.sends[0]["txid"]
     assert req["sentAt"] == clock.now()
     assert [h["state"] for h in req["history"]] == ["queued", "sending", "sent"]
     assert req["history"][-1]["txid"] == req["txid"]
@@ -454,9 +494,9 @@ def test_the_processor_sends_each_request_once_in_order(store, clock):
     )
     assert report.held["held withdrawals"] == 0
     # The lease is given back, and a second pass has nothing to do and writes nothing.
-    assert store.get(w.LEASE_KEY).value["owner"] is None
+    assert store.get(payout_lease.LEASE_KEY).value["owner"] is None
     hook = CountingHook()
-    assert w.process(HookedStore(store, hook), clock, chain).lines == []
+    assert p.process(HookedStore(store, hook), clock, chain).lines == []
     assert hook.writes == []
 
 
@@ -464,21 +504,21 @@ def test_a_crash_after_the_send_is_recorded_from_the_wallet_without_sending_agai
     queue_three(store, clock)
     chain = FakeChain(store).configure(faults=[("send", "crash-after-send")])
     with pytest.raises(Crash):
-        w.process(store, clock, chain)
+        p.process(store, clock, chain)
     assert request(store, "alice", 0)["state"] == "sending"
-    refused = pytest.raises(w.ProcessorBusy, match="Another withdrawal processor is running")
+    refused = pytest.raises(p.ProcessorBusy, match="Another withdrawal processor is running")
     with refused:
-        w.process(store, clock, chain)  # the dead processor's lease still runs
+        p.process(store, clock, chain)  # the dead processor's lease still runs
     clock.advance(settings.WITHDRAW_PROCESSOR_LEASE_SECONDS)
-    report = w.process(store, clock, chain)
-    assert report.lines[0].result == "sent"
-    assert report.lines[0].detail == "found in the payout wallet"
-    assert len(chain.sends_of("withdraw::alice::0")) == 1
-    assert request(store, "alice", 0)["txid"] == chain.sends_of("withdraw::alice::0")[0]["txid"]
-    assert [r["state"] for r in (request(store, "bob", 0), request(store, "alice", 1))] == [
-        "sent",
-        "sent",
-    ]
+    report = p.process(store, clock, chain)
+    assert [(ln.result, ln.detail) for ln in report.lines] == [
+        ("sent", "found in the payout wallet")
+    ] * 3
+    (tx,) = chain.txs  # the whole batch, sent once
+    for key in ("withdraw::alice::0", "withdraw::bob::0", "withdraw::alice::1"):
+        assert payments(store)[key] == [tx["txid"]]
+        assert store.get(key).value["txid"] == tx["txid"]
+    assert store.get(tx["comment"]).value["state"] == "sent"
     assert_each_request_paid_at_most_once(store)
     assert_books_clean(store)
 
@@ -492,17 +532,17 @@ def test_a_crash_before_the_send_sends_on_the_next_pass(store, clock):
             self.renewals = 0
 
         def before(self, op, key):
-            if op == "replace" and key == w.LEASE_KEY:
+            if op == "replace" and key == payout_lease.LEASE_KEY:
                 self.renewals += 1
                 if self.renewals == 1:
                     raise Crash("before the send")
 
     chain = FakeChain(store)
     with pytest.raises(Crash):
-        w.process(HookedStore(store, CrashOnLeaseRenewal()), clock, chain)
+        p.process(HookedStore(store, CrashOnLeaseRenewal()), clock, chain)
     assert request(store, "alice", 0)["state"] == "sending" and chain.sends == []
     clock.advance(settings.WITHDRAW_PROCESSOR_LEASE_SECONDS)
-    w.process(store, clock, chain)
+    p.process(store, clock, chain)
     req = request(store, "alice", 0)
     assert req["state"] == "sent" and req["attempt"]["n"] == 2
     assert "sent again" in req["history"][-2]["note"]
@@ -512,30 +552,30 @@ def test_a_crash_before_the_send_sends_on_the_next_pass(store, clock):
 def test_an_unknown_outcome_leaves_the_request_sending_and_stops_the_pass(store, clock):
     queue_three(store, clock)
     chain = FakeChain(store).configure(faults=[("send", "timeout-after-send")])
-    report = w.process(store, clock, chain)
+    report = p.process(store, clock, chain)
     assert "NOT sent again blindly" in report.stopped
-    assert [ln.result for ln in report.lines] == ["sending"]
+    assert [ln.result for ln in report.lines] == ["sending"] * 3  # the whole batch
     assert request(store, "alice", 0)["state"] == "sending"
-    assert request(store, "bob", 0)["state"] == "queued"  # the pass stopped there
-    assert store.get(w.LEASE_KEY).value["owner"] is None
+    assert request(store, "bob", 0)["state"] == "sending"
+    assert store.get(payout_lease.LEASE_KEY).value["owner"] is None
     assert_books_clean(store)
-    report = w.process(store, clock, chain)
+    report = p.process(store, clock, chain)
     assert report.stopped is None
     assert [ln.result for ln in report.lines] == ["sent", "sent", "sent"]
-    assert len(chain.sends) == 3
+    assert len(chain.txs) == 1 and len(chain.sends) == 3
     assert_each_request_paid_at_most_once(store)
 
 
 def test_an_unreachable_wallet_sends_on_the_next_pass_after_looking(store, clock):
     queue_three(store, clock)
     chain = FakeChain(store).configure(faults=[("send", "unreachable")])
-    assert w.process(store, clock, chain).stopped
+    assert p.process(store, clock, chain).stopped
     assert chain.sends == [] and request(store, "alice", 0)["state"] == "sending"
     chain.configure(faults=[("find_sent", "unreachable")])
-    report = w.process(store, clock, chain)
+    report = p.process(store, clock, chain)
     assert "could not be asked" in report.stopped
     assert chain.sends == [] and request(store, "alice", 0)["state"] == "sending"
-    w.process(store, clock, chain)
+    p.process(store, clock, chain)
     assert request(store, "alice", 0)["state"] == "sent"
     assert_each_request_paid_at_most_once(store)
 
@@ -545,10 +585,10 @@ def test_an_answer_that_is_not_a_refusal_is_never_refunded(store, clock):
     # the user twice. It stays `sending` until the wallet is asked.
     queue_three(store, clock)
     chain = FakeChain(store).configure(faults=[("send", "garbled-after-send")])
-    report = w.process(store, clock, chain)
+    report = p.process(store, clock, chain)
     assert report.stopped and "answered oddly" in report.stopped
     assert request(store, "alice", 0)["state"] == "sending"
-    w.process(store, clock, chain)
+    p.process(store, clock, chain)
     assert request(store, "alice", 0)["state"] == "sent"
     assert refunds_of(store, "alice", "withdraw::alice::0") == []
     assert_each_request_paid_at_most_once(store)
@@ -559,32 +599,128 @@ def test_a_wallet_refusal_fails_the_request_and_refunds_it_once(store, clock):
     w.request_withdrawal(store, clock, "alice", MIN, REFUSED)
     w.request_withdrawal(store, clock, "alice", MIN, ADDR_A)
     chain = FakeChain(store)
-    report = w.process(store, clock, chain)
+    report = p.process(store, clock, chain)
     assert [ln.result for ln in report.lines] == ["failed", "sent"]
     assert "Invalid address" in report.lines[0].detail and "refunded" in report.lines[0].detail
     req = request(store, "alice", 0)
     assert req["state"] == "failed-refunded" and "Invalid address" in req["error"]
+    # Tried in the batch, refused with it, then alone: only this one failed.
     assert [h["state"] for h in req["history"]] == [
         "queued",
+        "sending",
         "sending",
         "failed",
         "failed-refunded",
     ]
+    assert "sent alone" in req["history"][2]["note"]
+    (tx,) = chain.txs
+    assert tx["outputs"] == [[ADDR_A, MIN]] and request(store, "alice", 1)["txid"] == tx["txid"]
     assert balance(store, "alice") == 10_000_000 - MIN - FEE_3M
     assert len(refunds_of(store, "alice", "withdraw::alice::0")) == 1
     assert run_recovery(store, clock)["withdrawals"] == 0
-    w.process(store, clock, chain)
+    p.process(store, clock, chain)
     assert len(refunds_of(store, "alice", "withdraw::alice::0")) == 1
     assert_books_clean(store)
 
 
-def test_insufficient_funds_in_the_payout_wallet_fails_and_refunds(store, clock):
-    fund(store, clock, "alice", 10_000_000)
-    w.request_withdrawal(store, clock, "alice", MIN, ADDR_A)
-    chain = FakeChain(store).configure(balance=MIN - 1)
-    report = w.process(store, clock, chain)
-    assert report.lines[0].result == "failed" and "Insufficient funds" in report.lines[0].detail
-    assert balance(store, "alice") == 10_000_000
+RESERVE = 100_000  # PAYOUT_FEE_RESERVE_SATS's default
+
+
+def test_an_empty_payout_wallet_keeps_every_request_queued_and_raises_the_alert(store, clock):
+    queue_three(store, clock)
+    chain = FakeChain(store).configure(balance=0)
+    report = p.process(store, clock, chain)
+    assert report.stopped is None
+    assert [ln.result for ln in report.lines] == ["waiting"] * 3
+    assert "short" in report.lines[0].detail
+    assert chain.txs == []
+    for key in ("withdraw::alice::0", "withdraw::bob::0", "withdraw::alice::1"):
+        assert store.get(key).value["state"] == "queued"
+    alert = node_alerts.payout_short(store)
+    assert (alert["waiting"], alert["waitingSats"], alert["balance"]) == (3, 12_000_000, 0)
+    assert alert["shortBy"] == 12_000_000 + RESERVE
+    assert "Payout wallet short: 3 request(s)" in report.notes[-1]
+    assert balance(store, "alice") == 20_000_000 - MIN - FEE_3M - 5_000_000 - 75_000
+    assert refunds_of(store, "alice", "withdraw::alice::0") == []
+    assert_books_clean(store)
+    # Run again (a timer every minute): still queued, nothing failed, the alert stays as it was,
+    # and a pass that can pay nothing takes no lease and writes nothing.
+    clock.advance(60)
+    hook = CountingHook()
+    p.process(HookedStore(store, hook), clock, chain)
+    assert hook.writes == []
+    assert node_alerts.payout_short(store)["since"] == alert["since"]
+    assert request(store, "alice", 0)["state"] == "queued"
+    # Funded: the next pass pays them all in one transaction and the alert goes.
+    chain.configure(balance=12_000_000 + RESERVE)
+    report = p.process(store, clock, chain)
+    assert [ln.result for ln in report.lines] == ["sent"] * 3 and len(report.batches) == 1
+    assert len(chain.txs) == 1 and node_alerts.payout_short(store) is None
+    assert p.process(store, clock, chain).lines == []
+    assert_each_request_paid_at_most_once(store)
+    assert_books_clean(store)
+
+
+def test_a_short_wallet_pays_the_oldest_requests_that_fit_and_no_later_one(store, clock):
+    queue_three(store, clock)  # 0.03, 0.04, 0.05 BTC
+    w.request_withdrawal(store, clock, "bob", MIN, ADDR_A)  # small enough to fit, but later
+    chain = FakeChain(store).configure(balance=MIN + 4_000_000 + RESERVE + 3_500_000)
+    report = p.process(store, clock, chain)
+    results = {ln.key: ln.result for ln in report.lines}
+    assert results == {
+        "withdraw::alice::0": "sent",
+        "withdraw::bob::0": "sent",
+        "withdraw::alice::1": "waiting",
+        "withdraw::bob::1": "waiting",
+    }
+    (tx,) = chain.txs
+    assert tx["outputs"] == [[ADDR_A, MIN], [ADDR_B, 4_000_000]]
+    alert = node_alerts.payout_short(store)
+    assert (alert["waiting"], alert["waitingSats"]) == (2, 8_000_000)
+    assert alert["balance"] == chain.payout_balance() == 3_600_000  # after the batch
+    assert alert["shortBy"] == 8_000_000 + RESERVE - 3_600_000
+    assert_books_clean(store)
+
+
+def test_a_wallet_answering_insufficient_funds_puts_the_batch_back_in_the_queue(store, clock):
+    # The balance looked enough, but the wallet wants more (its fee was above the reserve).
+    queue_three(store, clock)
+    chain = FakeChain(store)
+
+    def short_wallet(outputs, comment):
+        raise ChainError("Insufficient funds", code=-6)
+
+    chain.send_many = short_wallet
+    report = p.process(store, clock, chain)
+    assert report.stopped is None
+    assert [ln.result for ln in report.lines] == ["waiting"] * 3
+    req = request(store, "alice", 0)
+    assert req["state"] == "queued" and req["attempt"] is None
+    assert [h["state"] for h in req["history"]] == ["queued", "sending", "queued"]
+    assert "Insufficient funds" in req["history"][-1]["note"]
+    batch = store.get(req["history"][1]["batch"]).value
+    assert batch["state"] == "refused" and "Insufficient funds" in batch["error"]
+    assert node_alerts.payout_short(store)["waiting"] == 3
+    assert refunds_of(store, "alice", "withdraw::alice::0") == []
+    assert_books_clean(store)
+    # A queued request can be cancelled while it waits for the wallet.
+    w.cancel_withdrawal(store, clock, "alice", 0)
+    report = p.process(store, clock, FakeChain(store))
+    assert [ln.result for ln in report.lines] == ["sent", "sent"]
+    assert_each_request_paid_at_most_once(store)
+    assert_books_clean(store)
+
+
+def test_requests_left_sending_that_the_wallet_never_saw_wait_queued_when_it_is_short(store, clock):
+    queue_three(store, clock)
+    chain = FakeChain(store).configure(faults=[("send", "unreachable")])
+    assert p.process(store, clock, chain).stopped  # all three left `sending`
+    chain.configure(balance=0)
+    report = p.process(store, clock, chain)
+    assert [ln.result for ln in report.lines] == ["waiting"] * 3
+    assert request(store, "bob", 0)["state"] == "queued"
+    assert node_alerts.payout_short(store)["waiting"] == 3
+    assert_books_clean(store)
 
 
 def test_a_failed_request_whose_refund_was_interrupted_is_refunded_by_recovery(store, clock):
@@ -598,7 +734,7 @@ def test_a_failed_request_whose_refund_was_interrupted_is_refunded_by_recovery(s
                 raise Crash("before the refund lock")
 
     with pytest.raises(Crash):
-        w.process(HookedStore(store, CrashOnRefundLock()), clock, FakeChain(store))
+        p.process(HookedStore(store, CrashOnRefundLock()), clock, FakeChain(store))
     assert request(store, "alice", 0)["state"] == "failed"
     assert_books_clean(store)  # a failed request still holds its money
     assert run_recovery(store, clock)["withdrawals"] == 1
@@ -613,7 +749,7 @@ def test_a_busy_account_postpones_a_refund_to_the_recovery_pass(store, clock):
     fund(store, clock, "alice", 10_000_000)
     w.request_withdrawal(store, clock, "alice", MIN, REFUSED)
     lock = locks.take_lock(store, clock, "alice", "adjust", "adjust:y", delta=5, reason="r")
-    report = w.process(store, clock, FakeChain(store))
+    report = p.process(store, clock, FakeChain(store))
     assert "refund pending" in report.lines[0].detail
     assert request(store, "alice", 0)["state"] == "failed"
     locks.settle(store, clock, "alice", lock["token"], 5, reason="r")
@@ -624,18 +760,22 @@ def test_a_busy_account_postpones_a_refund_to_the_recovery_pass(store, clock):
 def test_the_daily_cap_makes_later_requests_wait_for_the_next_day(store, clock):
     queue_three(store, clock)  # 0.03, 0.04, 0.05 BTC in that order
     chain = FakeChain(store)
-    report = w.process(store, clock, chain, daily_cap=8_000_000)
-    assert [ln.result for ln in report.lines] == ["sent", "sent", "waiting"]
+    report = p.process(store, clock, chain, daily_cap=8_000_000)
+    assert {ln.key: ln.result for ln in report.lines} == {
+        "withdraw::alice::0": "sent",
+        "withdraw::bob::0": "sent",
+        "withdraw::alice::1": "waiting",
+    }
     assert report.notes and "Daily cap of 0.08000000 BTC reached" in report.notes[0]
     assert request(store, "alice", 1)["state"] == "queued"
-    calc = w.calculate(store, clock, daily_cap=8_000_000)
+    calc = p.calculate(store, clock, daily_cap=8_000_000)
     assert [ln.result for ln in calc.lines] == ["wait"] and calc.needed == 0
-    report = w.process(store, clock, chain, daily_cap=8_000_000)
+    report = p.process(store, clock, chain, daily_cap=8_000_000)
     assert [ln.result for ln in report.lines] == ["waiting"]
-    clock.advance(w.SECONDS_PER_DAY)
-    report = w.process(store, clock, chain, daily_cap=8_000_000)
+    clock.advance(payout_lease.SECONDS_PER_DAY)
+    report = p.process(store, clock, chain, daily_cap=8_000_000)
     assert [ln.result for ln in report.lines] == ["sent"]
-    assert len(chain.sends) == 3
+    assert len(chain.sends) == 3 and len(chain.txs) == 2
 
 
 def test_the_cap_counts_what_an_uncapped_run_sent_the_same_day(store, clock):
@@ -643,43 +783,43 @@ def test_the_cap_counts_what_an_uncapped_run_sent_the_same_day(store, clock):
     chain = FakeChain(store)
     fund(store, clock, "cat", 10_000_000)
     # Every request but the last goes out uncapped first.
-    w.process(store, clock, chain)
+    p.process(store, clock, chain)
     w.request_withdrawal(store, clock, "cat", MIN, ADDR_A)
-    report = w.process(store, clock, chain, daily_cap=13_000_000)
+    report = p.process(store, clock, chain, daily_cap=13_000_000)
     assert [ln.result for ln in report.lines] == ["waiting"]
-    assert w.process(store, clock, chain, daily_cap=15_000_000).lines[0].result == "sent"
+    assert p.process(store, clock, chain, daily_cap=15_000_000).lines[0].result == "sent"
 
 
 def test_a_request_larger_than_the_cap_waits_and_so_do_later_ones(store, clock):
     queue_three(store, clock)
-    report = w.process(store, clock, FakeChain(store), daily_cap=2_000_000)
+    report = p.process(store, clock, FakeChain(store), daily_cap=2_000_000)
     assert [ln.result for ln in report.lines] == ["waiting"] * 3
 
 
 def test_two_processors_cannot_run_at_once(store, clock):
     queue_three(store, clock)
-    other = w.ProcessorLease(
+    other = p.ProcessorLease(
         store, clock, settings.WITHDRAW_PROCESSOR_LEASE_SECONDS, owner="other-processor"
     )
     other.acquire()
     before = store.dump()
-    with pytest.raises(w.ProcessorBusy, match="other-processor"):
-        w.process(store, clock, FakeChain(store))
+    with pytest.raises(p.ProcessorBusy, match="other-processor"):
+        p.process(store, clock, FakeChain(store))
     assert store.dump() == before
     clock.advance(settings.WITHDRAW_PROCESSOR_LEASE_SECONDS + 1)
-    assert len(w.process(store, clock, FakeChain(store)).lines) == 3
-    with pytest.raises(w.LeaseLost):
+    assert len(p.process(store, clock, FakeChain(store)).lines) == 3
+    with pytest.raises(p.LeaseLost):
         other.renew()
 
 
 def test_a_processor_paused_past_its_lease_stops_before_sending(store, clock):
     queue_three(store, clock)
     chain = FakeChain(store)
-    lease = w.ProcessorLease(store, clock, 30, owner="slow")
+    lease = p.ProcessorLease(store, clock, 30, owner="slow")
     lease.acquire()
     clock.advance(31)
-    w.process(store, clock, chain, lease_seconds=30)  # a rival takes the expired lease
-    with pytest.raises(w.LeaseLost):
+    p.process(store, clock, chain, lease_seconds=30)  # a rival takes the expired lease
+    with pytest.raises(p.LeaseLost):
         lease.renew()
     assert len(chain.sends) == 3
 
@@ -687,20 +827,21 @@ def test_a_processor_paused_past_its_lease_stops_before_sending(store, clock):
 def test_no_configured_node_sends_nothing(store, clock):
     queue_three(store, clock)
     before = store.dump()
-    with pytest.raises(w.NoPayoutWallet):
-        w.process(store, clock, NoChain())
+    with pytest.raises(p.NoPayoutWallet):
+        p.process(store, clock, NoChain())
     assert store.dump() == before
 
 
 def test_calculate_lists_what_the_next_pass_would_do_and_writes_nothing(store, clock):
     queue_three(store, clock)
-    w.process(store, clock, FakeChain(store).configure(faults=[("send", "unreachable")]))
+    doc = store.get(withdraw_key("alice", 0))  # as if its send's answer was lost
+    store.replace(withdraw_key("alice", 0), {**doc.value, "state": "sending"}, doc.cas)
     fund(store, clock, "cat", 10_000_000)
     w.request_withdrawal(store, clock, "cat", MIN, REFUSED)
     doc = store.get(withdraw_key("cat", 0))
     store.replace(withdraw_key("cat", 0), {**doc.value, "state": "failed"}, doc.cas)
     before = store.dump()
-    calc = w.calculate(store, clock)
+    calc = p.calculate(store, clock)
     assert store.dump() == before
     assert [(ln.key, ln.result) for ln in calc.lines] == [
         ("withdraw::alice::0", "look up"),
@@ -718,13 +859,13 @@ def test_calculate_lists_what_the_next_pass_would_do_and_writes_nothing(store, c
 def test_the_cursor_passes_finished_requests_only(store, clock):
     queue_three(store, clock)
     chain = FakeChain(store)
-    w.process(store, clock, chain)
+    p.process(store, clock, chain)
     fund(store, clock, "cat", 10_000_000)
     w.request_withdrawal(store, clock, "cat", MIN, ADDR_A)
-    w.process(store, clock, chain, daily_cap=0)  # nothing sent; the three sent are passed
-    assert store.get(w.CURSOR_KEY).value == {"next": 3}
+    p.process(store, clock, chain, daily_cap=0)  # nothing sent; the three sent are passed
+    assert store.get(withdraw_queue.CURSOR_KEY).value == {"next": 3}
     hook = CountingHook()
-    w.calculate(HookedStore(store, hook), clock)
+    p.calculate(HookedStore(store, hook), clock)
     assert hook.calls <= 5  # cursor, counter, one directory batch, one request batch, cap
 
 
@@ -735,17 +876,17 @@ def test_a_dangling_directory_entry_holds_the_cursor_until_it_is_old(store, cloc
     store.insert(withdrawdir_key(g), {"username": "alice", "i": 7, "at": clock.now()})
     w.request_withdrawal(store, clock, "alice", MIN, ADDR_A)
     chain = FakeChain(store)
-    w.process(store, clock, chain)
-    assert w._read_cursor(store)[0] == 0
-    clock.advance(w.DANGLING_GRACE_SECONDS)
+    p.process(store, clock, chain)
+    assert withdraw_queue.read_cursor(store)[0] == 0
+    clock.advance(withdraw_queue.DANGLING_GRACE_SECONDS)
     w.request_withdrawal(store, clock, "alice", MIN, ADDR_B)
-    w.process(store, clock, chain)
-    assert store.get(w.CURSOR_KEY).value == {"next": 3}
+    p.process(store, clock, chain)
+    assert store.get(withdraw_queue.CURSOR_KEY).value == {"next": 3}
 
 
 def test_recovery_reads_one_counter_when_nobody_ever_withdrew(store, clock):
     hook = CountingHook()
-    assert w.recover_withdrawals(HookedStore(store, hook), clock) == 0
+    assert withdraw_audit.recover_withdrawals(HookedStore(store, hook), clock) == 0
     assert hook.calls == 1 and hook.writes == []
 
 

@@ -299,6 +299,9 @@ LOCAL_CHAIN_XPUB = env.str("LOCAL_CHAIN_XPUB", default="")
 DEPOSIT_CONFIRMATIONS = env.int("DEPOSIT_CONFIRMATIONS", default=1)
 # The withdrawal processor's lease, renewed before each send: keep it well above BITCOIND_TIMEOUT.
 WITHDRAW_PROCESSOR_LEASE_SECONDS = env.int("WITHDRAW_PROCESSOR_LEASE_SECONDS", default=120)
+# Kept back from the payout wallet's balance for one batch's network fee: a pass pays only the
+# queued requests that fit in balance - reserve, oldest first; the rest stay queued (an alert).
+PAYOUT_FEE_RESERVE_SATS = env.int("PAYOUT_FEE_RESERVE_SATS", default=100_000)
 # Key pool shape: production 1000 sets x 100 keys a page, huge-list pages of 100 ranges.
 KEYPOOL_SETS = env.int("KEYPOOL_SETS", default=1000)
 KEYPOOL_PAGE_SIZE = env.int("KEYPOOL_PAGE_SIZE", default=100)

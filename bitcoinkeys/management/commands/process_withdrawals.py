@@ -7,8 +7,11 @@
 when the node answers, so the operator can top the wallet up first (the original's calculate pass,
 which ignored what the wallet already held). --execute asks before sending unless --yes; without a
 terminal (stdin closed or at EOF) it sends nothing. It exits non-zero when the pass had to stop
-with a payout whose outcome is unknown: that request stays `sending` and the next run looks it up
-in the wallet before anything is sent again.
+with a payout whose outcome is unknown: that batch stays `sending` and the next run looks it up
+in the wallet before anything is sent again. A payout wallet too short for the queue is not an
+error: what fits is paid (oldest first), the rest stays queued with an alert (admin dashboard,
+log, /healthz), and the first run after the wallet is funded pays it. `--execute --yes` from a
+timer every minute is safe: the lease lets one run at a time, and an idle run only reads.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from django.core.management.base import CommandError
 from accounts.commands import StoreCommand
 from accounts.money import MoneyError, format_btc, parse_btc
 from accounts.workers import StopFlag
-from bitcoinkeys import withdrawals as w
+from bitcoinkeys import payouts as w
 from bitcoinkeys.chain import get_chain
 from docstore import get_clock, get_store
 
@@ -56,7 +59,7 @@ class Command(StoreCommand):
         calc = w.calculate(store, clock, cap)
         self._show_calculation(calc)
         chain = get_chain()
-        self._show_payout_balance(chain, calc.needed)
+        self._show_payout_balance(chain, calc.needed + calc.fee_reserve if calc.needed else 0)
         if options["calculate_only"]:
             return
         if not getattr(chain, "available", True):
@@ -82,7 +85,8 @@ class Command(StoreCommand):
             self._say(self.style.WARNING(note))
         self._say(
             f"{report.count('sent')} sent ({format_btc(report.sent_amount)} BTC), "
-            f"{report.count('failed')} failed and refunded, {report.count('waiting')} waiting."
+            f"{report.count('failed')} failed and refunded, {report.count('waiting')} waiting; "
+            f"{len(report.batches)} transaction(s)."
         )
         if report.stopped:
             raise CommandError(report.stopped)
@@ -130,8 +134,10 @@ class Command(StoreCommand):
         sends = calc.to_send
         self._say(
             f"Total: {len(sends)} withdrawal(s), {format_btc(calc.needed)} BTC to send "
-            f"(fees earned {format_btc(calc.fees)} BTC). The payout wallet must hold at least "
-            f"{format_btc(calc.needed)} BTC plus network fees."
+            f"(fees earned {format_btc(calc.fees)} BTC), in one transaction. The payout wallet "
+            f"must hold at least {format_btc(calc.needed + calc.fee_reserve)} BTC (with the "
+            f"{format_btc(calc.fee_reserve)} BTC network fee reserve); what does not fit stays "
+            f"queued."
         )
         if calc.cap_note:
             self._say(self.style.WARNING(calc.cap_note))
@@ -148,7 +154,7 @@ class Command(StoreCommand):
         line = f"Payout wallet balance: {format_btc(balance)} BTC"
         if balance < needed:
             short = format_btc(needed - balance)
-            self._say(self.style.WARNING(f"{line}; short by {short} BTC plus network fees."))
+            self._say(self.style.WARNING(f"{line}; short by {short} BTC."))
         else:
             self._say(line)
 
