@@ -6,6 +6,7 @@ runs the whole suite on Couchbase, each test under its own DOCSTORE_PREFIX.
 
 from __future__ import annotations
 
+import collections
 import itertools
 
 import pytest
@@ -117,10 +118,28 @@ def make_world_store(tmp_path):
     in the documents, not the disk."""
     config, base = store_config(tmp_path, "worlds.sqlite3")
     if BACKEND == "memory":
-        return lambda: open_store(config, "")
+        yield lambda: open_store(config, "")
+        return
     config = {**config, "DURABILITY": "relaxed"}
     numbers = itertools.count()
-    return lambda: open_store(config, f"{base}w{next(numbers)}::")
+    # Thousands of worlds a test: a paused greenlet can keep an old one alive until the cycle
+    # collector runs, with its SQLite connection open. Close all but the newest few (a closed
+    # store reopens if it is used again), so no run can exhaust the process's file descriptors.
+    recent: collections.deque = collections.deque()
+
+    def make():
+        world = open_store(config, f"{base}w{next(numbers)}::")
+        recent.append(world)
+        if len(recent) > OPEN_WORLDS:
+            recent.popleft().close()
+        return world
+
+    yield make
+    while recent:
+        recent.popleft().close()
+
+
+OPEN_WORLDS = 64
 
 
 @pytest.fixture

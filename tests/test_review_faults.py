@@ -18,6 +18,7 @@ from accounts import locks
 from accounts.gateway import ensure_account, full_ledger
 from accounts.recovery import run_recovery
 from adspace import buy, credit, gateway, review
+from bitcoinkeys import withdraw_audit
 from bitcoinkeys import withdrawals as w
 from docstore import FixedClock
 from docstore.backends.memory import MemoryStore
@@ -38,7 +39,7 @@ EXPECTED = (
 @pytest.fixture(autouse=True)
 def review_window(settings):
     settings.REVIEW_HOURS = 24
-    w.ready_withdrawals()
+    withdraw_audit.ready_withdrawals()
 
 
 def build_market(store, clock):
