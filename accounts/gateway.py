@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Iterator
 from typing import Any
 
-from docstore import AlreadyExists, Clock, Doc, NotFound, Store
+from docstore import AlreadyExists, Ambiguous, CasMismatch, Clock, Doc, NotFound, Store
 
 LEDGER_PAGE_SIZE = 100
 DIR_CHUNK = 500
@@ -89,6 +89,29 @@ def directory_size(store: Store, counter_key: str) -> int:
         return int(store.get(counter_key).value) + 1
     except NotFound:
         return 0
+
+
+def advance_cursor(store: Store, key: str, doc: Doc | None, frontier: int) -> None:
+    """Move a directory cursor `{"next": g}` forward to `frontier`, never back. Safe from any
+    process without a lease: a cursor only passes entries that can never need work again, so
+    whoever writes it, the value is right."""
+    for _ in range(CURSOR_ATTEMPTS):
+        try:
+            if doc is None:
+                store.insert(key, {"next": frontier})
+            elif int(doc.value["next"]) >= frontier:
+                return
+            else:
+                store.replace(key, {"next": frontier}, doc.cas)
+            return
+        except (AlreadyExists, CasMismatch, Ambiguous):
+            try:
+                doc = store.get(key)
+            except NotFound:
+                doc = None
+
+
+CURSOR_ATTEMPTS = 50
 
 
 def walk_directory(store: Store, counter_key: str, entry_key) -> Iterator[Any]:

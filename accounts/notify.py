@@ -42,7 +42,7 @@ from django.core.mail import send_mail
 
 from docstore import AlreadyExists, Ambiguous, CasMismatch, Clock, Doc, NotFound, Store
 
-from .gateway import directory_size
+from .gateway import advance_cursor, directory_size
 from .money import format_btc
 
 log = logging.getLogger(__name__)
@@ -354,18 +354,7 @@ def send_pending(
 
 
 def _advance_cursor(store: Store, doc: Doc | None, frontier: int) -> None:
-    """Forward only; safe from any process, since it passes only what can never change again."""
-    for _ in range(MAX_CAS_ATTEMPTS):
-        try:
-            if doc is None:
-                store.insert(CURSOR_KEY, {"next": frontier})
-            elif int(doc.value["next"]) >= frontier:
-                return
-            else:
-                store.replace(CURSOR_KEY, {"next": frontier}, doc.cas)
-            return
-        except (AlreadyExists, CasMismatch, Ambiguous):
-            doc = store.get(CURSOR_KEY)
+    advance_cursor(store, CURSOR_KEY, doc, frontier)
 
 
 def run_sender(store: Store, clock: Clock) -> dict[str, int]:

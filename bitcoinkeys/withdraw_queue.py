@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from accounts.gateway import account_key, directory_size
-from docstore import AlreadyExists, Ambiguous, CasMismatch, Clock, Doc, NotFound, Store
+from accounts.gateway import advance_cursor as advance_directory_cursor
+from docstore import Clock, Doc, NotFound, Store
 
 from .gateway import WITHDRAWDIR, withdraw_key, withdrawdir_key
-from .withdrawals import CHUNK, MAX_ATTEMPTS, TERMINAL
+from .withdrawals import CHUNK, TERMINAL
 
 CURSOR_KEY = "withdrawprocessor::cursor"
 # A directory entry whose request never appeared is passed by the cursor only after this long
@@ -116,22 +117,6 @@ def scan(store: Store, clock: Clock, size: int | None = None) -> Scan:
 
 
 def advance_cursor(store: Store, read: Scan, frontier: int) -> None:
-    """Move the cursor forward (never back). Safe without the lease: it only passes entries that
-    can never change again, so whoever writes it, the value is right."""
-    if frontier <= read.cursor:
-        return
-    doc = read.cursor_doc
-    for _ in range(MAX_ATTEMPTS):
-        try:
-            if doc is None:
-                store.insert(CURSOR_KEY, {"next": frontier})
-            elif int(doc.value["next"]) >= frontier:
-                return
-            else:
-                store.replace(CURSOR_KEY, {"next": frontier}, doc.cas)
-            return
-        except (AlreadyExists, CasMismatch, Ambiguous):
-            try:
-                doc = store.get(CURSOR_KEY)
-            except NotFound:
-                doc = None
+    """Move the processor's cursor forward (never back); see accounts.gateway.advance_cursor."""
+    if frontier > read.cursor:
+        advance_directory_cursor(store, CURSOR_KEY, read.cursor_doc, frontier)

@@ -24,6 +24,7 @@ from accounts.money import fee_up, format_btc
 from adspace.management.commands.seed_demo import DEMO_PASSWORD
 from docstore import SystemClock
 from tests.invariants import assert_audit_clean
+from tests.test_browser import browser  # noqa: F401 - the fixture
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
@@ -32,21 +33,6 @@ pytestmark = [
 ]
 PASSWORD = "a-long-tour-password-7"
 BTC = 100_000_000
-
-
-@pytest.fixture
-def browser():
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )  # fmt: skip
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -69,7 +55,11 @@ def balance_shown(page, url: str) -> str:
 
 
 def test_the_quick_tour_funds_buys_credits_the_seller_and_withdraws(
-    live_server, make_run, browser, store, tmp_path
+    live_server,
+    make_run,
+    browser,  # noqa: F811 - the browser fixture
+    store,
+    tmp_path,
 ):
     url = live_server.url
     # 2. seed_demo in a second terminal.
