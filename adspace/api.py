@@ -36,7 +36,7 @@ from accounts.money import format_btc
 from accounts.security import frameable
 from docstore import NotFound, Store, TemporaryFailure, get_clock, get_store
 
-from . import gateway, pricing, services, serving
+from . import gateway, pricing, review, services, serving
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,8 @@ def current_ad(request: HttpRequest, user: str, n: str) -> HttpResponse:
             {"Retry-After": str(max_age)},
         )
     # private: the answer was given for a key; a shared cache must not hand it to anyone.
-    response = _json_answer(request, data, etag, f"private, max-age={max_age}")
+    freshness = "no-cache" if _may_be_rejected(answer, now) else f"max-age={max_age}"
+    response = _json_answer(request, data, etag, f"private, {freshness}")
     response["Vary"] = "Authorization"
     return response
 
@@ -467,6 +468,7 @@ def _embed_page(request: HttpRequest, user: str, n: str) -> HttpResponse:
         if answer.slot is None
         else _ad_page(request, store, owner, index, answer, width, height)
     )
+    html_is_ad = html is not None
     if html is None:
         title = gateway.campaign_title(campaign)
         html = _placeholder_page(request, store, owner, index, width, height, title)
@@ -474,8 +476,17 @@ def _embed_page(request: HttpRequest, user: str, n: str) -> HttpResponse:
     else:
         max_age = _seconds_until(answer.until, now, EMBED_MAX_AGE)
     response = HttpResponse(html)
-    response["Cache-Control"] = f"public, max-age={max_age}"
+    freshness = "no-cache" if html_is_ad and _may_be_rejected(answer, now) else f"max-age={max_age}"
+    response["Cache-Control"] = f"public, {freshness}"
     return response
+
+
+def _may_be_rejected(answer: serving.Showing, now: int) -> bool:
+    """The showing ad's review window is open: its seller may reject it at any moment, and a
+    rejected ad must leave every screen at once, so no cache may keep it (`no-cache`: a client
+    revalidates each time; the API's ETag makes that a 304)."""
+    slot = answer.slot
+    return slot is not None and now < review.window_end(slot["purchasedAt"], slot["endsAt"])
 
 
 # render_to_string without the request: no context processors, so nothing touches the session

@@ -513,3 +513,14 @@ def test_a_key_in_a_logged_url_is_redacted(caplog):
     message = record.getMessage()
     assert "SECRETKEY123" not in message
     assert "key=[redacted]&b=2" in message
+
+
+def test_an_answer_the_seller_may_still_reject_is_revalidated_every_time(
+    client, store, clock, key, settings
+):
+    settings.REVIEW_HOURS = 24
+    sell(store, clock)
+    first = ask(client, key)
+    assert first.status_code == 200 and first["Cache-Control"] == "private, no-cache"
+    again = ask(client, key, HTTP_IF_NONE_MATCH=first["ETag"])
+    assert again.status_code == 304  # revalidating costs the client nothing

@@ -302,3 +302,31 @@ def test_embed_js_inserts_the_ad_frame_on_a_sellers_page(live_server, store, clo
     assert page.inner_text("#before") == "before" and page.inner_text("#after") == "after"
     # The only console noise allowed is the browser's own line for the unknown campaign's 404.
     assert [e for e in errors if "404" not in e] == []
+
+
+# --- while the seller may still reject the ad ---------------------------------------------------
+
+
+def test_an_ad_in_its_review_window_is_never_cached_and_leaves_at_once_when_rejected(
+    client, store, clock, world, settings
+):
+    from adspace import review
+
+    settings.REVIEW_HOURS = 24
+    sale = sell(store, clock)
+    shown = client.get(URL)
+    assert shown["Cache-Control"] == "public, no-cache"  # every view asks again
+    assert "bob.test" in html(shown)
+    review.reject_sale(store, clock, "sam", "sam", 0, sale.slot, "not for this site")
+    after = client.get(URL)
+    assert "bob.test" not in html(after) and "placeholder" in html(after)
+
+
+def test_once_the_window_closes_the_ad_is_cached_until_the_slot_ends(
+    client, store, clock, world, settings
+):
+    settings.REVIEW_HOURS = 1
+    sale = sell(store, clock)
+    clock.advance(3600)
+    response = client.get(URL)
+    assert max_age(response) == min(api.EMBED_MAX_AGE, sale.ends_at - clock.now())
