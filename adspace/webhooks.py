@@ -73,6 +73,7 @@ GIVE_UP_SECONDS = 24 * 3600
 LOG_SIZE = 50
 DANGLING_GRACE_SECONDS = 3600
 MAX_CAS_ATTEMPTS = 20
+QUEUE_TRIES = 3
 
 
 class WebhookError(Exception):
@@ -316,7 +317,7 @@ def queue(
         try:
             return store.get(key).value["createdAt"] == now
         except NotFound:
-            return False
+            raise  # not written: the caller queues it again
     return True
 
 
@@ -324,25 +325,43 @@ def queue_safely(
     store: Store, clock: Clock, seller: str, kind: str, event_id: str, data: dict,
     not_before: int = 0,
 ) -> None:  # fmt: skip
-    """`queue` for the money code: the money step stands whatever happens here."""
-    try:
-        queue(store, clock, seller, kind, event_id, data, not_before)
-    except DocstoreError:
-        log.warning("webhooks: could not queue %s for %s", event_id, seller, exc_info=True)
+    """`queue` for the money code: the money step stands whatever happens here. `queue` is
+    idempotent, so a failed step is retried a few times; an entry a failed try left in the
+    directory is skipped by the deliverer (a dangling one, or a second one for the same key)."""
+    for attempt in range(QUEUE_TRIES):
+        try:
+            queue(store, clock, seller, kind, event_id, data, not_before)
+            return
+        except DocstoreError:
+            if attempt == QUEUE_TRIES - 1:
+                log.warning("webhooks: could not queue %s for %s", event_id, seller, exc_info=True)
 
 
 def sale_ref(owner: str, n: int, k: int) -> str:
     return f"{owner}:{n}:{k}"
 
 
-def queue_sale(store: Store, clock: Clock, owner: str, n: int, k: int, slot: dict) -> None:
-    """A sale finished (buy step 5): `sale` now and `slot.started` at the slot's start."""
-    ref = sale_ref(owner, n, k)
-    data = {
+def _slot_data(n: int, k: int, slot: dict) -> dict:
+    return {
         "campaign": n, "slot": k, "buyer": slot["buyer"], "price": slot["price"],
         "purchasedAt": slot["purchasedAt"], "startsAt": slot["startsAt"], "endsAt": slot["endsAt"],
     }  # fmt: skip
+
+
+def queue_sale(store: Store, clock: Clock, owner: str, n: int, k: int, slot: dict) -> None:
+    """A sale finished (buy step 5): `sale`, and `slot.started` if the slot is live at once."""
+    ref, data = sale_ref(owner, n, k), _slot_data(n, k, slot)
     queue_safely(store, clock, owner, "sale", f"sale:{ref}", data)
+    if slot["startsAt"] <= slot["purchasedAt"]:
+        queue_slot_started(store, clock, owner, n, k, slot)
+
+
+def queue_slot_started(store: Store, clock: Clock, owner: str, n: int, k: int, slot: dict) -> None:
+    """`slot.started`, held until the slot's start. A queued slot's event comes from the
+    slot-start scan (adspace/notices.py) shortly before it starts, so a held event keeps the
+    delivery cursor back for minutes at most, never for the days a queue of slots may span."""
+    ref = sale_ref(owner, n, k)
+    data = _slot_data(n, k, slot)
     queue_safely(store, clock, owner, "slot.started", f"slot.started:{ref}", data, slot["startsAt"])
 
 

@@ -13,7 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from adspace import credit, review, webhooks
+from accounts.recovery import run_recovery
+from adspace import credit, gateway, notices, review, webhooks
+from tests import test_buy_faults as buy_faults
+from tests.harness import Scenario, run_crash_points
 from tests.test_sales_page import campaign_with_sales
 
 pytestmark = pytest.mark.django_db
@@ -100,6 +103,23 @@ def test_a_rejection_and_its_refund_arrive_in_order(store, clock, seller, receiv
     assert receiver.types() == ["sale", "slot.started", "review.rejected", "refund"]
     refund = json.loads(receiver.received[3]["body"])["data"]
     assert refund == {"campaign": n, "slot": 0, "buyer": "b0", "amount": 300_000}
+
+
+def test_a_queued_slot_start_is_sent_at_its_start(store, clock, seller, receiver):
+    webhooks.set_url(store, clock, "seller", receiver.url)
+    n = campaign_with_sales(store, clock, "seller", sales=2)
+    deliver(store, clock)
+    assert receiver.types() == ["sale", "slot.started", "sale"]  # slot 0 live at once
+    starts = store.get(gateway.slot_key("seller", n, 1)).value["startsAt"]
+    clock.set(starts - 300)
+    assert notices.queue_slot_notices(store, clock)["queued"] == 1
+    assert deliver(store, clock) == {"waiting": 1}
+    clock.set(starts)
+    assert deliver(store, clock) == {"delivered": 1}
+    last = json.loads(receiver.received[-1]["body"])
+    assert last["type"] == "slot.started" and last["data"]["slot"] == 1
+    notices.queue_slot_notices(store, clock)
+    assert deliver(store, clock) == {} and len(receiver.received) == 4
 
 
 def test_a_seller_without_a_webhook_gets_no_events(store, clock, seller):
@@ -245,3 +265,24 @@ def test_a_name_resolving_to_loopback_is_refused_at_delivery(
     assert receiver.received == []
     [attempt] = webhooks.delivery_log(store, "seller")
     assert attempt["error"].startswith("refused:") and attempt["status"] is None
+
+
+def _webhook_buy_setup(store, clock):
+    webhooks.set_url(store, clock, "sam", "https://hooks.example.com/")
+    return buy_faults.setup(store, clock)
+
+
+def _every_sale_has_its_event(world) -> None:
+    buy_faults.check(world)
+    n = world.ctx["n"]
+    last = gateway.get_campaign(world.store, "sam", n).value["last"]["slot"]
+    events = {k for k in world.store.dump() if k.startswith("hook::sam::sale:")}
+    assert events == {webhooks.event_key("sam", f"sale:sam:{n}:{k}") for k in range(last + 1)}
+
+
+def test_a_crash_anywhere_in_a_buy_neither_loses_nor_doubles_its_sale_event(make_world_store):
+    scenario = Scenario(
+        "buy with webhook", _webhook_buy_setup, buy_faults.bob_buys, run_recovery,
+        _every_sale_has_its_event, expected=buy_faults.EXPECTED,
+    )  # fmt: skip
+    assert run_crash_points(scenario, make_world_store) > 100
