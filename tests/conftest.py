@@ -116,11 +116,20 @@ def make_world_store(tmp_path):
     backend (real SQLite by default). Durability is relaxed: their subject is what a crash leaves
     in the documents, not the disk."""
     config, base = store_config(tmp_path, "worlds.sqlite3")
-    if BACKEND == "memory":
-        return lambda: open_store(config, "")
-    config = {**config, "DURABILITY": "relaxed"}
+    if BACKEND != "memory":
+        config = {**config, "DURABILITY": "relaxed"}
     numbers = itertools.count()
-    return lambda: open_store(config, f"{base}w{next(numbers)}::")
+    opened = []
+
+    def make():
+        prefix = "" if BACKEND == "memory" else f"{base}w{next(numbers)}::"
+        opened.append(open_store(config, prefix))
+        return opened[-1]
+
+    yield make
+    # Closed with the test: a suite opens thousands of worlds, and their files add up.
+    for world in opened:
+        world.close()
 
 
 @pytest.fixture
