@@ -7,7 +7,7 @@ class AdspaceConfig(AppConfig):
     def ready(self):
         from accounts import apikeys, audit, locks, recovery, workers
 
-        from . import api, buy, credit, notices, review
+        from . import api, buy, credit, notices, review, webhooks
         from . import audit as adspace_audit
 
         locks.register_finisher("buy", buy.finish_buy_lock)
@@ -18,6 +18,7 @@ class AdspaceConfig(AppConfig):
         # The API key tab lives in accounts, which must not import adspace.
         apikeys.set_campaign_lister(api.seller_campaigns)
         workers.register_task("creditor", credit.run_creditor)
+        workers.register_task("webhooks", webhooks.run_deliverer)
         workers.register_task(
             "slotnotices", notices.queue_slot_notices, every=notices.EVERY_SECONDS
         )

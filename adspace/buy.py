@@ -29,7 +29,7 @@ from accounts.gateway import get_account
 from accounts.money import fee_up
 from docstore import AlreadyExists, Ambiguous, Clock, NotFound, Store
 
-from . import gateway, pricing, review
+from . import gateway, pricing, review, webhooks
 
 
 class BuyError(locks.AccountError):
@@ -196,6 +196,10 @@ def _finish_from_slot(store: Store, clock: Clock, owner: str, n: int, k: int, sl
         pass
     # settle() only acts while the buyer's lock still holds this sale's token.
     locks.settle(store, clock, slot["buyer"], slot["token"], -slot["price"])
+    # Every path that finishes a sale (the buyer, the next buyer, lock recovery, the campaign
+    # pass) comes through here; before step 5, so a crash before it is rolled forward through
+    # here again. The event ids make repeats no-ops.
+    webhooks.queue_sale(store, clock, owner, n, k, slot)
     gateway.advance_campaign_last(store, owner, n, _campaign_last(k, slot))
 
 

@@ -44,7 +44,7 @@ from docstore import (
     Store,
 )
 
-from . import gateway, review
+from . import gateway, review, webhooks
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,7 @@ def finish_credit_lock(store: Store, clock: Clock, seller: str, lock: dict) -> N
         return
     if winner == lock["token"]:
         locks.settle(store, clock, seller, lock["token"], lock["amount"] - lock["fee"])
+        _queue_credit(store, clock, lock["owner"], lock["n"], lock["slot"], lock)
     else:
         locks.release(store, seller, lock["token"])
 
@@ -196,6 +197,7 @@ def _credit_one(
     seller = tx["seller"]
     if tx["state"] == "credited":
         _ensure_settled(store, clock, seller, tx["creditToken"])
+        _queue_credit(store, clock, owner, n, k, tx)  # a pass that died before queueing it
         return 0, True
     if tx["state"] == "rejected":
         return 0, False
@@ -208,7 +210,17 @@ def _credit_one(
         return 0, winner is not None
     if not locks.settle(store, clock, seller, lock["token"], net_amount(tx)):
         return 0, True  # our lock outlived its lease and someone else's recovery settled it
+    _queue_credit(store, clock, owner, n, k, tx)
     return net_amount(tx), True
+
+
+def _queue_credit(store: Store, clock: Clock, owner: str, n: int, k: int, tx: dict) -> None:
+    """The seller's `credit` webhook event, once the credit is settled (idempotent by slot)."""
+    data = {"campaign": n, "slot": k, "amount": tx["amount"], "fee": tx["fee"]}
+    data["net"] = tx["amount"] - tx["fee"]
+    webhooks.queue_safely(
+        store, clock, owner, "credit", f"credit:{webhooks.sale_ref(owner, n, k)}", data
+    )
 
 
 def _walk(

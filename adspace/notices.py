@@ -18,7 +18,7 @@ from accounts import notify
 from accounts.gateway import DIR_CHUNK
 from docstore import Clock, Store
 
-from . import review
+from . import review, webhooks
 from .gateway import campaign_key, iter_campaign_refs, slot_key
 
 # The task runs this often; far below the window, so no slot slips between two runs.
@@ -70,6 +70,9 @@ def queue_slot_notices(store: Store, clock: Clock) -> dict[str, int]:
             # Only a slot that waited in the queue; one live from its purchase needs no notice.
             if not (now < s["startsAt"] <= now + window and s["startsAt"] > s["purchasedAt"]):
                 continue
+            # The seller's `slot.started` webhook event, delivered at the start (the slot
+            # starts, and earns, whatever the review decides about its ad).
+            webhooks.queue_slot_started(store, clock, owner, n, k, s)
             # A rejected or taken-down ad will not show: its buyer was told so instead.
             if review.review_state(reviews[(owner, n)], k) in ("rejected", "hidden"):
                 continue

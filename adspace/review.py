@@ -33,7 +33,7 @@ from django.conf import settings
 from accounts import locks, notify
 from docstore import Ambiguous, CasMismatch, Clock, Doc, DocstoreError, NotFound, Store
 
-from . import gateway
+from . import gateway, webhooks
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +209,7 @@ def approve_sale(store: Store, clock: Clock, owner: str, n: int, k: int) -> None
         if tx.get("approvedAt") and tx["state"] == "uncredited":
             # Approved by an earlier attempt that may have died before the campaign heard of it.
             mark(store, clock, owner, n, k, "approved", sale.ends_at)
+            _hook(store, clock, owner, n, k, "review.approved", {})
             _notify(
                 store, clock, tx["buyer"], "ad_approved", _sale(owner, n, k), _where(owner, n, k)
             )
@@ -222,6 +223,7 @@ def approve_sale(store: Store, clock: Clock, owner: str, n: int, k: int) -> None
     else:
         raise locks.AccountBusy()
     mark(store, clock, owner, n, k, "approved", sale.ends_at)
+    _hook(store, clock, owner, n, k, "review.approved", {})
     _notify(
         store, clock, doc.value["buyer"], "ad_approved", _sale(owner, n, k), _where(owner, n, k)
     )
@@ -271,8 +273,21 @@ def _finish(store: Store, clock: Clock, buyer: str, lock: dict, doc: Doc | None 
     _notify(store, clock, buyer, "ad_rejected", lock, {**where, "reason": lock["reason"]})
     who = "staff" if lock["staff"] else "the seller"
     reason = f"Ad rejected by {who}: {lock['reason']}"
+    o, n, k = lock["owner"], lock["n"], lock["slot"]
+    decision = {"reason": lock["reason"], "staff": lock["staff"]}
+    # Both before the refund settles, as the email: once settled the lock is gone and nothing
+    # would roll a lost event forward. The refund is certain from the commit point on.
+    _hook(store, clock, o, n, k, "review.rejected", decision)
+    _hook(store, clock, o, n, k, "refund", {"buyer": buyer, "amount": lock["amount"]})
     locks.settle(store, clock, buyer, lock["token"], lock["amount"], reason=reason)
     return True
+
+
+def _hook(store: Store, clock: Clock, owner: str, n: int, k: int, kind: str, data: dict) -> None:
+    """The seller's webhook event for a decision; idempotent by (kind, slot), never raises."""
+    event_id = f"{kind}:{webhooks.sale_ref(owner, n, k)}"
+    data = {"campaign": n, "slot": k, **data}
+    webhooks.queue_safely(store, clock, owner, kind, event_id, data)
 
 
 def _sale(owner: str, n: int, k: int) -> dict:

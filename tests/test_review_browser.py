@@ -1,5 +1,6 @@
 """A real browser through a seller's review: a titled campaign, a sale, a rejection with its reason,
-the buyer refunded, the embed back to its placeholder, and the books clean."""
+the buyer refunded, the embed back to its placeholder, the seller's webhook receiver sent the signed
+events in order, and the books clean."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import docstore
 from accounts.adjust import adjust_balance
 from accounts.gateway import ensure_account, get_account
 from accounts.models import User
+from adspace import webhooks
 from docstore import SystemClock
 from tests.invariants import assert_audit_clean
 from tests.test_browser import browser, png_file, pytestmark  # noqa: F401 - the browser fixture
+from tests.test_webhooks import receiver, verify  # noqa: F401 - the receiver fixture
 
 PASSWORD = "a-long-review-password-7"
 FUNDS = 5_000_000
@@ -44,10 +47,17 @@ def test_a_seller_rejects_a_sold_ad_and_the_buyer_is_refunded_with_the_reason(
     browser,  # noqa: F811 - the browser fixture
     store,
     tmp_path,
+    receiver,  # noqa: F811 - the receiver fixture
 ):
     url = live_server.url
     seller = browser.new_context().new_page()
     log_in(seller, url, "sally")
+    seller.goto(f"{url}/account/webhook/")
+    seller.fill("input[name=url]", receiver.url)
+    seller.click("form:has(input[value=url]) button[type=submit]")
+    seller.wait_for_load_state()
+    secret = seller.locator("code.secret").inner_text()
+    assert len(secret) >= 32
     seller.goto(f"{url}/ads/sell-ad-space/")
     seller.fill("input[name=title]", "Sally's knitting weekly")
     seller.fill("input[name=site_url]", "https://knitting.test/")
@@ -101,4 +111,10 @@ def test_a_seller_rejects_a_sold_ad_and_the_buyer_is_refunded_with_the_reason(
     embed.goto(f"{url}/embed/sally/0")
     assert "bert.test" not in embed.content()  # the placeholder again
     assert get_account(store, "sally").value["balance"] == 0
+
+    # The worker delivers the seller's events: signed, each with its id, in the order they happened.
+    webhooks.deliver_pending(store, people)
+    assert receiver.types() == ["sale", "slot.started", "review.rejected", "refund"]
+    for r in receiver.received:
+        assert verify(secret, r["headers"], r["body"])
     assert_audit_clean(store)

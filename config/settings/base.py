@@ -243,6 +243,10 @@ SLOT_START_NOTICE_MINUTES = env.int("SLOT_START_NOTICE_MINUTES", default=10)
 if SLOT_START_NOTICE_MINUTES < 1:
     raise environ.ImproperlyConfigured("SLOT_START_NOTICE_MINUTES must be at least 1")
 
+# Seller webhooks (adspace/webhooks.py): only https URLs resolving to public addresses are
+# delivered to. True lets http://127.0.0.1 (and ::1) through, for tests and local development.
+WEBHOOK_ALLOW_LOOPBACK = env.bool("WEBHOOK_ALLOW_LOOPBACK", default=False)
+
 # Per user and hour: deposit addresses dealt (each burns a key) and withdrawal requests.
 ADDRESS_RATE_LIMIT = env.int("ADDRESS_RATE_LIMIT", default=10)
 WITHDRAW_RATE_LIMIT = env.int("WITHDRAW_RATE_LIMIT", default=20)

@@ -35,3 +35,6 @@ SITE_URL = "http://testserver"
 # No review window unless a test sets one: the money tests that predate review credit a sale at
 # once, as REVIEW_HOURS=0 does in production; tests/test_review*.py set their own window.
 REVIEW_HOURS = 0
+
+# The webhook tests post to a receiver on 127.0.0.1.
+WEBHOOK_ALLOW_LOOPBACK = True
