@@ -41,7 +41,7 @@ class AllowedMethodsMiddleware:
 
     def __call__(self, request):
         # The JSON API answers wrong methods itself, with a JSON body.
-        if request.method not in ALLOWED_METHODS and not request.path.startswith("/api/"):
+        if request.method not in ALLOWED_METHODS and not request.path_info.startswith("/api/"):
             return HttpResponseNotAllowed(ALLOWED_METHODS)
         return self.get_response(request)
 
@@ -53,7 +53,7 @@ class ContentSecurityPolicyMiddleware:
     def __call__(self, request):
         response = self.get_response(request)
         if "Content-Security-Policy" not in response:
-            admin = request.path.startswith("/admin/")
+            admin = request.path_info.startswith("/admin/")
             response["Content-Security-Policy"] = ADMIN_POLICY if admin else POLICY
         return response
 

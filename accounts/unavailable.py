@@ -30,7 +30,7 @@ class StoreUnavailableMiddleware:
         if not isinstance(exception, TemporaryFailure):
             return None
         log.warning("store unreachable on %s %s: %s", request.method, request.path, exception)
-        if request.path.startswith("/api/"):
+        if request.path_info.startswith("/api/"):
             response = JsonResponse({"error": "unavailable", "detail": MESSAGE}, status=503)
         else:
             # own_balance=None: the header must not read the store that just failed.

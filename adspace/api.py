@@ -29,6 +29,7 @@ from django.urls import reverse
 from django.utils.http import parse_etags
 from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_safe
 
 from accounts import apikeys
 from accounts.gateway import account_key
@@ -432,6 +433,10 @@ def placeholder_lines(width: int, height: int) -> tuple[int, list[tuple[str, int
     return size, [("Your ad here —", height // 2 - gap), ("buy this space", height // 2 + gap)]
 
 
+# CSRF-exempt (as every view here): the slim handler (config/handlers.py) runs no CSRF check, so
+# the full one must not either, and a POST gets the view's own 405 on both; nothing here changes
+# state.
+@csrf_exempt
 @xframe_options_exempt
 @frameable
 def embed(request: HttpRequest, user: str, n: str) -> HttpResponse:
@@ -549,6 +554,8 @@ def embed_size(request: HttpRequest, user: str, n: str) -> HttpResponse:
     return _cached_json(request, body, f"public, max-age={STATIC_MAX_AGE}")
 
 
+@csrf_exempt
+@require_safe
 def embed_js(request: HttpRequest) -> HttpResponse:
     """The one-line installable script; rendered so it knows this site's absolute URL."""
     script = render_to_string("adspace/embed.js", {"base_url": settings.SITE_URL + "/"})

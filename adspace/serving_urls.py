@@ -1,10 +1,16 @@
-"""URLs of the live-ad API and the embeds; included at the site root by config/urls.py."""
+"""URLs of the live-ad API, the embeds and the ad images: what sellers' sites ask for on every view.
+
+Included at the site root by config/urls.py, and also the whole URLconf of the slim serving
+handler (config/handlers.py), which runs without sessions, authentication, CSRF or messages: a
+view here must not use any of them, and its path must start with one of
+config.handlers.SERVING_PREFIXES (`/api/`, `/embed/`, `/embed.js`, `/img/`, `/c/`, `/i/`).
+"""
 
 from __future__ import annotations
 
 from django.urls import path, re_path
 
-from . import api
+from . import api, views
 
 urlpatterns = [
     # Path parts are matched loosely and checked in the view, so every malformed one gets the
@@ -15,4 +21,5 @@ urlpatterns = [
     re_path(r"^embed/(?P<user>[^/]+)/(?P<n>[^/]+)\.json$", api.embed_size, name="embed_size"),
     re_path(r"^embed/(?P<user>[^/]+)/(?P<n>[^/]+)$", api.embed, name="embed"),
     path("embed.js", api.embed_js, name="embed_js"),
+    re_path(r"^img/(?P<sha256>[0-9a-f]{64})\.(?P<ext>png|jpg|gif)$", views.image, name="image"),
 ]

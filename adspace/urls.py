@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.urls import path, re_path
+from django.urls import path
 
 from . import sales_views, views, webhook_views
 
@@ -23,5 +23,4 @@ urlpatterns = [
     path("account/sales/<str:n>/", sales_views.campaign_sales, name="campaign_sales"),
     path("account/sales/<str:n>/review-mode", sales_views.review_mode, name="review_mode"),
     path("account/sales/<str:n>/<str:k>/<str:action>", sales_views.decide, name="decide_sale"),
-    re_path(r"^img/(?P<sha256>[0-9a-f]{64})\.(?P<ext>png|jpg|gif)$", views.image, name="image"),
 ]

@@ -22,9 +22,10 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST, require_safe
 
-from accounts import locks, ratelimit
+from accounts import locks, ratelimit, unavailable
 from accounts.gateway import ensure_account
 from accounts.money import MAX_SATS, format_btc
 from accounts.security import accepts_body_up_to
@@ -456,6 +457,9 @@ def _content_length(request: HttpRequest) -> int:
         return 0
 
 
+# Served by the slim handler (config/handlers.py): no CSRF check runs there, so none runs here
+# either, and a POST is this view's 405 on both paths; it changes nothing whatever the method.
+@csrf_exempt
 @require_safe
 def image(request: HttpRequest, sha256: str, ext: str) -> HttpResponse:
     etag = f'"{sha256}"'
@@ -467,6 +471,14 @@ def image(request: HttpRequest, sha256: str, ext: str) -> HttpResponse:
             meta, data = gateway.get_image(get_store(), sha256)
         except NotFound:
             return HttpResponse("No such image.", status=404, content_type="text/plain")
+        except TemporaryFailure:
+            # Plain text, not the error page: an <img> shows neither, and the page would read
+            # the signed-in user, which the slim handler does not load.
+            log.warning("docstore unavailable for %s", request.path, exc_info=True)
+            response = HttpResponse(unavailable.MESSAGE, status=503, content_type="text/plain")
+            response["Retry-After"] = unavailable.RETRY_AFTER_SECONDS
+            response["Cache-Control"] = "no-store"
+            return response
         if meta.get("ext") != ext:
             return HttpResponse("No such image.", status=404, content_type="text/plain")
         response = HttpResponse(data, content_type=meta["contentType"])

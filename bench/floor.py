@@ -1,4 +1,8 @@
-"""The framework floor: the cheapest Django view, served by the same gunicorn in the same run."""
+"""The framework floors: the cheapest Django view, served by the same gunicorn in the same run.
+
+`/bench/floor` goes through every middleware the pages use (config/urls.py); `/bench/bare` through
+SecurityMiddleware and CommonMiddleware only (bench/bare_urls.py, config/handlers.py).
+"""
 
 from django.http import HttpResponse
 

@@ -1,7 +1,8 @@
 """Time (and optionally profile) requests in-process against a seeded bench store.
 
-Runs the whole Django stack (every middleware) through the WSGI handler with no server and no
-network, so a view's cost is measured without the load generator's noise; `--profile` prints
+Runs the site's WSGI application (config/handlers.py: the slim handler for the API, embeds and
+images, the full stack for pages, the bare handler for `bare`) with no server and no network, so
+a view's cost is measured without the load generator's noise; `--profile` prints
 cProfile's top functions. Point it at the work folder `bench/run` prints or keeps:
 
   .venv/bin/python bench/profile_request.py /tmp/adspace-bench-XXXX floor api campaign
@@ -96,6 +97,7 @@ def requests(work: Path) -> dict[str, object]:
         )
 
     return {
+        "bare": environ_for("GET", "/bench/bare", {}),
         "floor": environ_for("GET", "/bench/floor", {}),
         "api": environ_for(
             "GET", f"/api/v1/ads/{owner}/{n}/current", {"Authorization": f"Bearer {api_key}"}
@@ -159,9 +161,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     setup(args.work)
-    from django.core.handlers.wsgi import WSGIHandler
+    from config.handlers import build_application
 
-    handler = WSGIHandler()
+    handler = build_application()
     catalogue = requests(args.work)
     for name in args.rows:
         template = catalogue[name]

@@ -1,0 +1,126 @@
+"""One WSGI application, several Django handlers: each request goes through only the middleware
+its view needs.
+
+Pages need sessions, authentication, CSRF and messages; the live-ad API, the embeds, the images
+(and the click redirect and impression beacon, at `/c/` and `/i/`) need none of them, and they are
+most of the traffic: a seller's site asks for its ad on every page view. So `application` looks at
+the path first and hands a serving request to a slim handler:
+
+- the **full** handler: `settings.MIDDLEWARE` and `ROOT_URLCONF`, for everything else. The test
+  client uses this one (Django builds its own from the same settings), and its URLconf still
+  routes every serving URL, so both handlers answer a serving URL with the same view.
+- the **serving** handler: `settings.MIDDLEWARE` minus `PAGE_ONLY_MIDDLEWARE` (same order), and
+  only the patterns of `adspace.serving_urls`. Everything else stays, so every security and
+  caching header a serving answer carries (HSTS, nosniff, Referrer-Policy, COOP, CSP,
+  X-Frame-Options, Cache-Control on signed-in requests, Content-Length) is the full stack's by
+  construction; a middleware added to the settings later applies here too unless it is listed
+  as page-only.
+- the **bare** handler (`BENCH_FLOOR=true` only): SecurityMiddleware and CommonMiddleware and
+  one trivial view at `/bench/bare`, the framework floor `make bench` measures against.
+
+A path is given to a slim handler only when it starts with one of the handler's prefixes *and*
+the handler's own patterns match it; anything else (a malformed embed path, a page) goes to the
+full handler, so its 404 page and APPEND_SLASH redirect are exactly what they were. Views served
+here must not use `request.session`, `request.user` or messages, nor rely on CSRF checks.
+
+Dispatch reads PATH_INFO, which the server has already stripped of SCRIPT_NAME, the same path
+Django routes on; links are still reversed against `ROOT_URLCONF` under the request's script
+prefix, since the slim handlers only resolve against their own patterns.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+
+from django.conf import settings
+from django.core.handlers.wsgi import WSGIHandler, get_path_info
+from django.urls import Resolver404, get_resolver
+
+SERVING_PREFIXES = ("/api/", "/embed/", "/embed.js", "/img/", "/c/", "/i/")
+SERVING_URLCONF = "adspace.serving_urls"
+# What only pages use: sessions (and the signed-in user), CSRF tokens, flash messages, and the
+# static files (`/static/` is never a serving path).
+PAGE_ONLY_MIDDLEWARE = frozenset(
+    {
+        "whitenoise.middleware.WhiteNoiseMiddleware",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+    }
+)
+
+BARE_PREFIXES = ("/bench/bare",)
+BARE_URLCONF = "bench.bare_urls"
+BARE_MIDDLEWARE = (
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+)
+
+# Django reads the middleware list from settings inside load_middleware; it is swapped for the
+# slim handler's own list only while one is built (at start-up), one build at a time.
+_building = threading.Lock()
+
+
+def serving_middleware() -> list[str]:
+    return [m for m in settings.MIDDLEWARE if m not in PAGE_ONLY_MIDDLEWARE]
+
+
+class SlimHandler(WSGIHandler):
+    """A WSGI handler with its own middleware list that resolves only its own URL patterns."""
+
+    def __init__(self, middleware: Iterable[str], urlconf: str):
+        self.middleware = list(middleware)
+        self.urlconf = urlconf
+        self.resolver = get_resolver(urlconf)
+        super().__init__()
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        with _building:
+            full = settings.MIDDLEWARE
+            settings.MIDDLEWARE = self.middleware
+            try:
+                super().load_middleware(is_async)
+            finally:
+                settings.MIDDLEWARE = full
+
+    def serves(self, path: str) -> bool:
+        try:
+            self.resolver.resolve(path)
+        except Resolver404:
+            return False
+        return True
+
+    def resolve_request(self, request):
+        # Not request.urlconf: that would also make reverse() and the error pages use these
+        # few patterns, and the views link to pages (the campaign a placeholder advertises).
+        match = self.resolver.resolve(request.path_info)
+        request.resolver_match = match
+        return match
+
+
+class PathDispatch:
+    """The WSGI application: the first route whose prefix and patterns match, else `full`."""
+
+    def __init__(self, full: WSGIHandler, routes: Sequence[tuple[tuple[str, ...], SlimHandler]]):
+        self.full = full
+        self.routes = list(routes)
+
+    def handler_for(self, environ: dict) -> Callable:
+        path = get_path_info(environ) or "/"
+        for prefixes, handler in self.routes:
+            if path.startswith(prefixes) and handler.serves(path):
+                return handler
+        return self.full
+
+    def __call__(self, environ, start_response):
+        return self.handler_for(environ)(environ, start_response)
+
+
+def build_application(serving_urlconf: str = SERVING_URLCONF) -> PathDispatch:
+    """The site's WSGI application (Django must be set up). Reads the settings once, now."""
+    routes = [(SERVING_PREFIXES, SlimHandler(serving_middleware(), serving_urlconf))]
+    if settings.BENCH_FLOOR:
+        routes.append((BARE_PREFIXES, SlimHandler(BARE_MIDDLEWARE, BARE_URLCONF)))
+    return PathDispatch(WSGIHandler(), routes)
