@@ -22,9 +22,12 @@ run: install
 	$(BIN)/python manage.py collectstatic --noinput -v 0
 	bin/serve
 
-# pytest exits 5 when it collects no tests; that is not a failure of the suite.
+# The suite runs on TEST_WORKERS processes (pytest-xdist; `auto` is one per core, 0 runs it in
+# this process). pytest exits 5 when it collects no tests; that is not a failure of the suite.
+TEST_WORKERS ?= auto
+export TEST_WORKERS
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 # The whole suite on Couchbase: gocaves on loopback, or the cluster at COUCHBASE_CONNSTR.
 test-couchbase: install
