@@ -42,7 +42,7 @@ from django.core.mail import send_mail
 
 from docstore import AlreadyExists, Ambiguous, CasMismatch, Clock, Doc, NotFound, Store
 
-from .gateway import advance_cursor, directory_size
+from . import outbox
 from .money import format_btc
 
 log = logging.getLogger(__name__)
@@ -293,68 +293,22 @@ def send_pending(
 ) -> dict[str, int]:
     """One sender pass: send what is due from the cursor on, then move the cursor."""
     send = send or (lambda s, b, f, to: send_mail(s, b, f, to, fail_silently=False))
-    counters: dict[str, int] = {}
-    try:
-        cursor_doc = store.get(CURSOR_KEY)
-        cursor = int(cursor_doc.value["next"])
-    except NotFound:
-        cursor_doc, cursor = None, 0
-    size = min(directory_size(store, NOTICEDIR), cursor + WINDOW)
-    if size <= cursor:
-        return counters
-    gs = range(cursor, size)
-    entries = store.get_multi([noticedir_key(g) for g in gs])
-    keys = {g: entries[noticedir_key(g)].value["key"] for g in gs if noticedir_key(g) in entries}
-    notices = store.get_multi(list(set(keys.values())))
-    now = clock.now()
-    started = monotonic()
-    sends = 0
-    finished: set[str] = set()  # notices this pass finished (by key: entries may share one)
-    done_keys: set[str] = set()
-    for g in gs:
-        key = keys.get(g)
-        doc = notices.get(key) if key else None
-        if doc is None or key in done_keys:
-            continue
-        done_keys.add(key)  # two entries may point at one notice (racing queuers)
-        if doc.value["state"] in FINISHED:
-            continue
-        if sends >= MAX_SENDS_PER_PASS or monotonic() - started > SEND_BUDGET_SECONDS:
-            counters["deferred"] = counters.get("deferred", 0) + 1
-            continue
-        outcome = _send_one(store, clock, key, doc, send)
-        counters[outcome] = counters.get(outcome, 0) + 1
-        if outcome in ("sent", "retry", "failed"):
-            sends += 1
-        if outcome in ("sent", "dropped", "failed", "abandoned"):
-            finished.add(key)
-    # The cursor passes a contiguous run that can never need work again.
-    latest_at = None
-    passable: dict[int, bool] = {}
-    for g in reversed(gs):
-        entry = entries.get(noticedir_key(g))
-        if entry is None:
-            passable[g] = latest_at is not None and latest_at <= now - DANGLING_GRACE_SECONDS
-            continue
-        at = entry.value["at"]
-        latest_at = at if latest_at is None else min(latest_at, at)
-        doc = notices.get(keys[g])
-        if doc is None:
-            passable[g] = at <= now - DANGLING_GRACE_SECONDS
-        else:
-            passable[g] = keys[g] in finished or doc.value["state"] in FINISHED
-    frontier = cursor
-    for g in gs:
-        if not passable[g]:
-            break
-        frontier = g + 1
-    if frontier > cursor:
-        _advance_cursor(store, cursor_doc, frontier)
-    return counters
-
-
-def _advance_cursor(store: Store, doc: Doc | None, frontier: int) -> None:
-    advance_cursor(store, CURSOR_KEY, doc, frontier)
+    return outbox.run_pass(
+        store,
+        clock,
+        directory=NOTICEDIR,
+        entry_key=noticedir_key,
+        cursor_key=CURSOR_KEY,
+        finished=FINISHED,
+        handle=lambda key, doc: _send_one(store, clock, key, doc, send),
+        sending_outcomes=frozenset({"sent", "retry", "failed"}),
+        finishing_outcomes=frozenset({"sent", "dropped", "failed", "abandoned"}),
+        window=WINDOW,
+        max_sends=MAX_SENDS_PER_PASS,
+        budget_seconds=SEND_BUDGET_SECONDS,
+        grace_seconds=DANGLING_GRACE_SECONDS,
+        monotonic=monotonic,
+    )
 
 
 def run_sender(store: Store, clock: Clock) -> dict[str, int]:

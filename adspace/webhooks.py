@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from accounts.gateway import directory_size
+from accounts import outbox
 from docstore import (
     AlreadyExists,
     Ambiguous,
@@ -483,74 +483,22 @@ def deliver_pending(
 ) -> dict[str, int]:
     """One delivery pass from the cursor on; then the cursor passes the finished prefix."""
     send = send or post
-    counters: dict[str, int] = {}
-    try:
-        cursor_doc = store.get(CURSOR_KEY)
-        cursor = int(cursor_doc.value["next"])
-    except NotFound:
-        cursor_doc, cursor = None, 0
-    size = min(directory_size(store, HOOKDIR), cursor + WINDOW)
-    if size <= cursor:
-        return counters
-    gs = range(cursor, size)
-    entries = store.get_multi([hookdir_key(g) for g in gs])
-    keys = {g: entries[hookdir_key(g)].value["key"] for g in gs if hookdir_key(g) in entries}
-    events = store.get_multi(list(set(keys.values())))
-    now, started, sends = clock.now(), monotonic(), 0
-    states: dict[str, str] = {}
-    for g in gs:
-        key = keys.get(g)
-        doc = events.get(key) if key else None
-        if doc is None or key in states:
-            continue
-        states[key] = doc.value["state"]
-        if doc.value["state"] in FINISHED:
-            continue
-        if sends >= MAX_SENDS_PER_PASS or monotonic() - started > SEND_BUDGET_SECONDS:
-            counters["deferred"] = counters.get("deferred", 0) + 1
-            continue
-        outcome = _deliver_one(store, clock, key, doc, send)
-        counters[outcome] = counters.get(outcome, 0) + 1
-        if outcome in ("delivered", "retry", "failed"):
-            sends += 1
-        if outcome in ("delivered", "failed"):
-            states[key] = DELIVERED
-    # A missing entry or event (its queuer died) is passed once a later entry is old enough.
-    old = now - DANGLING_GRACE_SECONDS
-    passable: dict[int, bool] = {}
-    latest_at = None
-    for g in reversed(gs):
-        entry = entries.get(hookdir_key(g))
-        if entry is not None:
-            at = entry.value["at"]
-            latest_at = at if latest_at is None else min(latest_at, at)
-        key = keys.get(g)
-        if key is not None and key in events:
-            passable[g] = states.get(key) in FINISHED
-        else:
-            passable[g] = latest_at is not None and latest_at <= old
-    frontier = cursor
-    for g in gs:
-        if not passable[g]:
-            break
-        frontier = g + 1
-    if frontier > cursor:
-        _advance_cursor(store, cursor_doc, frontier)
-    return counters
-
-
-def _advance_cursor(store: Store, doc: Doc | None, frontier: int) -> None:
-    for _ in range(MAX_CAS_ATTEMPTS):
-        try:
-            if doc is None:
-                store.insert(CURSOR_KEY, {"next": frontier})
-            elif int(doc.value["next"]) >= frontier:
-                return
-            else:
-                store.replace(CURSOR_KEY, {"next": frontier}, doc.cas)
-            return
-        except (AlreadyExists, CasMismatch, Ambiguous):
-            doc = store.get(CURSOR_KEY)
+    return outbox.run_pass(
+        store,
+        clock,
+        directory=HOOKDIR,
+        entry_key=hookdir_key,
+        cursor_key=CURSOR_KEY,
+        finished=FINISHED,
+        handle=lambda key, doc: _deliver_one(store, clock, key, doc, send),
+        sending_outcomes=frozenset({"delivered", "retry", "failed"}),
+        finishing_outcomes=frozenset({"delivered", "failed"}),
+        window=WINDOW,
+        max_sends=MAX_SENDS_PER_PASS,
+        budget_seconds=SEND_BUDGET_SECONDS,
+        grace_seconds=DANGLING_GRACE_SECONDS,
+        monotonic=monotonic,
+    )
 
 
 def run_deliverer(store: Store, clock: Clock) -> dict[str, int]:

@@ -15,6 +15,7 @@ from django.core.cache import cache
 
 import docstore
 from accounts.gateway import ensure_account
+from adspace import serving
 from docstore import FixedClock
 from tests.teststore import BACKEND, ON_COUCHBASE, make_test_store, open_store, store_config
 
@@ -45,9 +46,12 @@ def clock():
 
 @pytest.fixture(autouse=True)
 def _clear_cache():
+    """Django's cache and each process's live-ad caches start and end every test empty."""
     cache.clear()
+    serving.clear_cache()
     yield
     cache.clear()
+    serving.clear_cache()
 
 
 @pytest.fixture

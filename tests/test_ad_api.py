@@ -33,13 +33,6 @@ SHA = "ab" * 32
 URL = "/api/v1/ads/sam/0/current"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_serving_cache():
-    serving.clear_cache()
-    yield
-    serving.clear_cache()
-
-
 def make_world(store, clock) -> int:
     """Seller sam with campaign 0 (300x250); buyers bob and cat, each with one fitting ad."""
     ensure_account(store, clock, "sam")

@@ -11,7 +11,7 @@ from django.urls import include, path
 from accounts import apikey_views, apikeys, locks
 from accounts.adjust import adjust_balance
 from accounts.gateway import ensure_account, get_account
-from adspace import buy, gateway, serving
+from adspace import buy, gateway
 from docstore import Ambiguous
 from tests.test_ad_api import SHA
 
@@ -23,13 +23,6 @@ urlpatterns = [
 pytestmark = [pytest.mark.django_db, pytest.mark.urls(__name__)]
 
 URL = "/account/api-key/"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_serving_cache():
-    serving.clear_cache()
-    yield
-    serving.clear_cache()
 
 
 def key_of(store, username="seller") -> str:

@@ -27,13 +27,6 @@ pytestmark = [pytest.mark.django_db, pytest.mark.urls(__name__)]
 URL = "/embed/sam/0"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_serving_cache():
-    serving.clear_cache()
-    yield
-    serving.clear_cache()
-
-
 @pytest.fixture
 def world(store, clock):
     return make_world(store, clock)

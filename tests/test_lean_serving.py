@@ -22,7 +22,7 @@ from django.urls import include, path, resolve
 import docstore
 from accounts.adjust import adjust_balance
 from accounts.gateway import ensure_account, get_account
-from adspace import buy, gateway, serving, serving_urls
+from adspace import buy, gateway, serving_urls
 from config import handlers
 from docstore import TemporaryFailure
 from docstore.faults import Hook, HookedStore
@@ -61,13 +61,6 @@ urlpatterns = [
 
 
 # --- the world and the requests -----------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _fresh_serving_cache():
-    serving.clear_cache()
-    yield
-    serving.clear_cache()
 
 
 @pytest.fixture

@@ -28,13 +28,6 @@ EMBED = "/embed/sam/0"
 WARM = 3  # requests that fill (and then hit) the caches before the change under test
 
 
-@pytest.fixture(autouse=True)
-def _fresh_serving_cache():
-    serving.clear_cache()
-    yield
-    serving.clear_cache()
-
-
 @pytest.fixture
 def world(store, clock):
     return make_world(store, clock)

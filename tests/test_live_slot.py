@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
-
 from adspace import buy, gateway, serving
 from tests.conftest import T0
 from tests.test_buy import make_market
 
 HUGE = 10**12
 DAY = 24 * 3600
-
-
-@pytest.fixture(autouse=True)
-def _fresh_serving_cache():
-    serving.clear_cache()
-    yield
-    serving.clear_cache()
 
 
 class CountingStore:
