@@ -408,10 +408,6 @@ def current_ad(request: HttpRequest, user: str, n: str) -> HttpResponse:
     return response
 
 
-def _counts_json(counts: stats_report.Counts) -> dict:
-    return counts.as_dict()
-
-
 @_api_view
 def campaign_stats(request: HttpRequest, user: str, n: str) -> HttpResponse:
     """The campaign's impressions, clicks and API fetches per UTC day and per slot, under the
@@ -433,15 +429,15 @@ def campaign_stats(request: HttpRequest, user: str, n: str) -> HttpResponse:
         "campaign": {"owner": owner, "n": index},
         "from": first.isoformat(),
         "to": last.isoformat(),
-        "total": _counts_json(found.total),
-        "days": [{"day": d.isoformat(), **_counts_json(c)} for d, c in found.days],
+        "total": found.total.as_dict(),
+        "days": [{"day": d.isoformat(), **c.as_dict()} for d, c in found.days],
         "slots": [
             {
                 "index": s.k,
                 "startsAtIso": _iso(s.slot["startsAt"]),
                 "endsAtIso": _iso(s.slot["endsAt"]),
-                "total": _counts_json(s.total),
-                "days": [{"day": d.isoformat(), **_counts_json(c)} for d, c in s.days],
+                "total": s.total.as_dict(),
+                "days": [{"day": d.isoformat(), **c.as_dict()} for d, c in s.days],
             }
             for s in found.slots
         ],

@@ -11,7 +11,6 @@ import base64
 import logging
 from urllib.parse import urlsplit
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -118,7 +117,3 @@ def click_url(owner: str, n: int, k: int, slot: dict) -> str:
 def impression_url(owner: str, n: int, k: int, slot: dict) -> str:
     """Path of the slot's impression beacon."""
     return reverse("impression", args=[delivery.token(delivery.IMPRESSION, owner, n, k, slot)])
-
-
-def absolute(path: str) -> str:
-    return settings.SITE_URL + path
