@@ -222,3 +222,15 @@ def test_a_flush_of_ten_thousand_slots_writes_each_once(store, clock):
     assert stats.flush() == 10_000
     keys = [day_key(k) for k in (0, 4321, 9999)]
     assert {d.value for d in store.get_multi(keys).values()} == {1}
+
+
+def test_gunicorns_worker_exit_hook_flushes_the_workers_counts(store, clock, settings):
+    import runpy
+
+    hooks = runpy.run_path(str(BASE_DIR / "config" / "gunicorn.py"))
+    for _ in range(3):
+        stats.record(store, "sam", 0, 0, clock.now(), stats.IMPRESSIONS)
+    # A server's setting, where the exit flush is on (set after counting: no flusher thread).
+    settings.STATS_FLUSH_SECONDS = 3600
+    hooks["worker_exit"](None, None)
+    assert counted(store, stats.IMPRESSIONS) == 3 and stats.recorder.pending() == 0
