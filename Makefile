@@ -47,6 +47,7 @@ clean:
 bench:
 	bench/run $(BENCH_ARGS)
 	.venv/bin/python bench/keys_and_deposits.py
+	.venv/bin/python bench/stats_flush.py
 
 soak:
 	bench/soak $(SOAK_ARGS)

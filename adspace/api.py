@@ -37,7 +37,7 @@ from accounts.money import format_btc
 from accounts.security import frameable
 from docstore import NotFound, Store, TemporaryFailure, get_clock, get_store
 
-from . import gateway, pricing, review, services, serving
+from . import delivery_views, gateway, pricing, review, services, serving, stats, stats_report
 
 log = logging.getLogger(__name__)
 
@@ -310,9 +310,16 @@ def _ad_answer(
         return None
     slot = answer.slot
     assert slot is not None
+    k = answer.index
+    assert k is not None
     body = {
         "ad": {
             "url": ad["url"],
+            "clickUrl": base + delivery_views.click_url(owner, n, k, slot),
+            "impressionUrl": base + delivery_views.impression_url(owner, n, k, slot),
+            # Sellers who render the ad themselves may link `url` directly; only clicks through
+            # clickUrl and renderings that request impressionUrl are counted.
+            "counted": {"clicks": "clickUrl", "impressions": "impressionUrl"},
             "hoverText": ad["hoverText"],
             "image": base + ad["image_path"],
             "width": ad["width"],
@@ -393,11 +400,53 @@ def current_ad(request: HttpRequest, user: str, n: str) -> HttpResponse:
             TOO_MANY.format(limit=settings.API_REQUESTS_PER_SLOT),
             {"Retry-After": str(max_age)},
         )
+    if request.method == "GET" and not revalidation:
+        stats.record(store, owner, index, answer.index, now, stats.API_FETCHES)
     # private: the answer was given for a key; a shared cache must not hand it to anyone.
     freshness = "no-cache" if _may_be_rejected(answer, now) else f"max-age={max_age}"
     response = _json_answer(request, data, etag, f"private, {freshness}")
     response["Vary"] = "Authorization"
     return response
+
+
+@_api_view
+def campaign_stats(request: HttpRequest, user: str, n: str) -> HttpResponse:
+    """The campaign's impressions, clicks and API fetches per UTC day and per slot, under the
+    seller's key (`?from=YYYY-MM-DD&to=YYYY-MM-DD`; the last 14 days by default)."""
+    owner, index = _campaign_ref(user, n)
+    key = _presented_key(request)
+    store, now = get_store(), get_clock().now()
+    campaign = _seller_and_campaign(store, owner, index, key)
+    try:
+        params = (request.GET.get("from"), request.GET.get("to"))
+    except TooManyFieldsSent:
+        raise ApiError(400, "The query string has too many fields.") from None
+    try:
+        first, last = stats_report.parse_range(*params, stats_report.utc_day(now))
+    except stats_report.RangeError as exc:
+        raise ApiError(400, exc.message) from None
+    found = stats_report.campaign_report(store, owner, index, campaign, first, last)
+    body = {
+        "campaign": {"owner": owner, "n": index},
+        "from": first.isoformat(),
+        "to": last.isoformat(),
+        "total": found.total.as_dict(),
+        "days": [{"day": d.isoformat(), **c.as_dict()} for d, c in found.days],
+        "slots": [
+            {
+                "index": s.k,
+                "startsAtIso": _iso(s.slot["startsAt"]),
+                "endsAtIso": _iso(s.slot["endsAt"]),
+                "total": s.total.as_dict(),
+                "days": [{"day": d.isoformat(), **c.as_dict()} for d, c in s.days],
+            }
+            for s in found.slots
+        ],
+    }
+    response = HttpResponse(_dumps(body), content_type=_JSON)
+    response["Cache-Control"] = "private, no-store"
+    response["Vary"] = "Authorization"
+    return _cors(response)
 
 
 @_api_view
@@ -514,7 +563,15 @@ def _ad_page(
         ad = _live_ad(store, owner, n, answer)
         if ad is None:
             return None
-        context = {"width": width, "height": height, "ad": ad}
+        slot = answer.slot
+        assert slot is not None and answer.index is not None
+        context = {
+            "width": width,
+            "height": height,
+            "ad": ad,
+            "click_path": delivery_views.click_url(owner, n, answer.index, slot),
+            "beacon_path": delivery_views.impression_url(owner, n, answer.index, slot),
+        }
         html = render_to_string("adspace/embed.html", context)
         _embed_pages.put(key, html)
     return html

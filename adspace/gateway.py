@@ -54,6 +54,11 @@ def tx_key(owner: str, n: int, k: int) -> str:
     return f"tx::{owner}::{n}::{k}"
 
 
+def stat_key(owner: str, n: int, k: int, day: str, kind: str) -> str:
+    """Counter of one kind of delivery (adspace.stats.KINDS) of slot k on one UTC day (YYYY-MM-DD)."""
+    return f"stat::{owner}::{n}::{k}::{day}::{kind}"
+
+
 def creditcursor_key(owner: str, n: int) -> str:
     return f"creditcursor::{owner}::{n}"
 

@@ -16,13 +16,14 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST, require_safe
 
 from accounts import locks
 from accounts.security import accepts_body_up_to
 from docstore import Ambiguous, NotFound, TemporaryFailure, get_clock, get_store
 
-from . import gateway, review, sales
+from . import gateway, review, sales, stats_chart, stats_report
 from .views import _INDEX, MAX_INDEX, PageError, _back, _page_or_404, _shows_errors
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,30 @@ def _own_campaign_or_404(owner: str, n: str) -> tuple[int, dict]:
         raise PageError(404, "There is no such campaign of yours.", _back("sales", "All sales"))
 
 
+def _delivery(request: HttpRequest, store, campaign: dict, now: int) -> dict:
+    """The campaign's impressions and clicks over the asked days (default: the last two weeks)."""
+    try:
+        first, last = stats_report.parse_range(
+            request.GET.get("from"), request.GET.get("to"), stats_report.utc_day(now)
+        )
+    except stats_report.RangeError as exc:
+        back = (reverse("campaign_sales", args=[campaign["n"]]), "The last two weeks")
+        raise PageError(400, exc.message, back) from None
+    owner, n = campaign["owner"], campaign["n"]
+    report = stats_report.campaign_report(store, owner, n, campaign, first, last)
+    return {
+        "report": report,
+        "chart": mark_safe(stats_chart.chart_svg(report.days)),  # noqa: S308 our markup
+    }
+
+
 def _render(request: HttpRequest, campaigns: list[dict], campaign: dict | None) -> HttpResponse:
     store, now = get_store(), get_clock().now()
     paginator = Paginator(sales.SoldSlots(campaigns), sales.SALES_PER_PAGE)
     page = _page_or_404(paginator, request.GET.get("page"), "your sales")
+    delivery = {} if campaign is None else _delivery(request, store, campaign, now)
     context = {
+        **delivery,
         "campaign": campaign,
         "rows": sales.rows(store, request.user.username, list(page.object_list), now),
         "page": page,

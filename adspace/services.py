@@ -12,7 +12,7 @@ from accounts.gateway import LEDGER_PAGE_SIZE, ledger_page_key
 from accounts.money import format_btc
 from docstore import NotFound, Store
 
-from . import gateway, pricing, serving
+from . import gateway, pricing, serving, stats_report
 
 # How many slots one read fetches while walking back from the last sale, and how far the walk
 # goes at most. Each sale doubles the next price, so more than a few dozen queued slots would
@@ -338,6 +338,18 @@ def _purchase_rows(store: Store, entries: list[dict], now: int) -> list[dict]:
                 "starts_at": utc(slot["startsAt"]) if slot else None,
                 "ends_at": utc(slot["endsAt"]) if slot else None,
                 "review": purchase_review(tx, now) if tx else None,
+                "slot": slot,
             }
         )
+    _add_delivery(store, rows)
     return rows
+
+
+def _add_delivery(store: Store, rows: list[dict]) -> None:
+    """Each purchase's impressions and clicks (per day and in all), from one report."""
+    found = stats_report.report(
+        store, [(r["owner"], r["n"], r["k"], r["slot"]) for r in rows if r["slot"]]
+    )
+    by_ref = {(s.owner, s.n, s.k): s for s in found.slots}
+    for row in rows:
+        row["delivery"] = by_ref.get((row["owner"], row["n"], row["k"]))

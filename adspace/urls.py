@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import sales_views, views, webhook_views
+from . import export_views, sales_views, views, webhook_views
 
 urlpatterns = [
     path("ads/sell-ad-space/", views.sell, name="sell"),
@@ -20,6 +20,10 @@ urlpatterns = [
     path("account/ads/new/", views.new_ad, name="new_ad"),
     path("account/sales/", sales_views.all_sales, name="sales"),
     path("account/webhook/", webhook_views.webhook, name="webhook"),
+    path("account/export/ledger.csv", export_views.ledger_csv, name="export_ledger"),
+    path("account/export/sales.csv", export_views.sales_csv, name="export_sales"),
+    path("account/export/purchases.csv", export_views.purchases_csv, name="export_purchases"),
+    path("account/export/statistics.csv", export_views.stats_csv, name="export_stats"),
     path("account/sales/<str:n>/", sales_views.campaign_sales, name="campaign_sales"),
     path("account/sales/<str:n>/review-mode", sales_views.review_mode, name="review_mode"),
     path("account/sales/<str:n>/<str:k>/<str:action>", sales_views.decide, name="decide_sale"),

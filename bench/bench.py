@@ -369,5 +369,28 @@ def report(results: dict, seed: dict) -> None:
     print(f"written to {path.relative_to(ROOT)}")
 
 
+# A browser's User-Agent: wrk sends none, and a request without one is not counted (adspace.delivery).
+BROWSER_LUA = 'wrk.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0"\n'
+
+
+def delivery_rows(base: str, owner: str, n: str, work: Path) -> dict[str, tuple[str, str]]:
+    """Rows for measure(): the live ad's click redirect (`/c/<token>`, a 302 wrk does not follow)
+    and impression beacon (`/i/<token>`), as a browser requests them, so every request is
+    counted. Every wrk connection is one client (127.0.0.1): run the server with
+    STATS_IMPRESSIONS_PER_CLIENT and STATS_CLICKS_PER_CLIENT at 1000000000 in its env, or all but
+    the first few are cheap 429s. Empty when the campaign shows no ad."""
+    page = urllib.request.urlopen(f"{base}/embed/{owner}/{n}", timeout=10).read().decode()
+    click = re.search(r'class="ad" href="(/c/[^"]+)"', page)
+    beacon = re.search(r'class="beacon" src="(/i/[^"]+)"', page)
+    if click is None or beacon is None:
+        return {}
+    script = work / "browser.lua"
+    script.write_text(BROWSER_LUA)
+    return {
+        "click redirect": (base + click[1], str(script)),
+        "beacon": (base + beacon[1], str(script)),
+    }
+
+
 if __name__ == "__main__":
     main()

@@ -2,7 +2,8 @@
 
 Every backend implements the same eight calls with the same answers: get, get_fields (a few
 named top-level fields of one document, without decoding the rest), get_multi, insert, replace,
-upsert, remove and counter. `NotFound`, `AlreadyExists` and `CasMismatch` are answers, never
+upsert, remove and counter; counter_multi (many counters at once) has a default made of
+counter calls, which a backend may replace with a batched one. `NotFound`, `AlreadyExists` and `CasMismatch` are answers, never
 retried inside a backend. `TemporaryFailure` is what a backend raises once its own bounded retries
 of a transient error are used up; `Ambiguous` means a write may or may not have been applied (the
 caller re-reads; it never blindly repeats).
@@ -13,7 +14,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -85,8 +86,33 @@ class Store:
         """Atomically add `delta` (> 0); an absent counter is created holding `initial`, returned as is."""
         raise NotImplementedError
 
+    def counter_multi(self, deltas: Mapping[str, int]) -> dict[str, DocstoreError]:
+        """Add each delta (> 0) to its counter; an absent counter is created holding its delta.
+
+        For writers of many counts at once (adspace.stats): the same effect as
+        `counter(key, delta, initial=delta)` for each key, in as few round trips or commits as
+        the backend can. Returns the keys whose add did not certainly apply, each with
+        `TemporaryFailure` (not applied) or `Ambiguous` (may have been applied: never repeat it
+        blindly); an empty dict when every add applied. ValueError, before anything is written,
+        if a delta is not positive. This default makes one `counter` call per key.
+        """
+        check_deltas(deltas)
+        failed: dict[str, DocstoreError] = {}
+        for key, delta in deltas.items():
+            try:
+                self.counter(key, delta, initial=delta)
+            except (TemporaryFailure, Ambiguous) as exc:
+                failed[key] = exc
+        return failed
+
     def close(self) -> None:
         pass
+
+
+def check_deltas(deltas: Mapping[str, int]) -> None:
+    for key, delta in deltas.items():
+        if isinstance(delta, bool) or not isinstance(delta, int) or delta <= 0:
+            raise ValueError(f"counter delta of {key!r} must be a positive int, not {delta!r}")
 
 
 # The field names get_fields accepts: plain identifiers need no quoting in a SQLite JSON path or a

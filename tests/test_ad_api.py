@@ -13,7 +13,7 @@ import docstore
 from accounts import apikey_views, apikeys
 from accounts.adjust import adjust_balance
 from accounts.gateway import ensure_account, get_account
-from adspace import api, buy, gateway, pricing, serving
+from adspace import api, buy, delivery, gateway, pricing, serving
 from docstore import TemporaryFailure
 from tests.conftest import T0
 
@@ -199,9 +199,15 @@ def test_the_live_ad_with_its_slot(client, store, clock, world, key):
     clock.advance(600)
     response = ask(client, key)
     assert response.status_code == 200
+    slot = store.get(gateway.slot_key("sam", 0, 0)).value
+    click = delivery.token(delivery.CLICK, "sam", 0, 0, slot)
+    beacon = delivery.token(delivery.IMPRESSION, "sam", 0, 0, slot)
     assert response.json() == {
         "ad": {
             "url": "https://bob.test/landing?a=1&b=2",
+            "clickUrl": f"http://testserver/c/{click}",
+            "impressionUrl": f"http://testserver/i/{beacon}",
+            "counted": {"clicks": "clickUrl", "impressions": "impressionUrl"},
             "hoverText": 'bob says <b>hi</b> & "bye"',
             "image": f"http://testserver/img/{SHA}.png",
             "width": 300,

@@ -276,6 +276,28 @@ def test_counter_delta_must_be_positive(kv, delta):
         kv.get("n")
 
 
+def test_counter_multi_adds_each_delta_and_creates_absent_counters_holding_it(kv):
+    kv.counter("a", 1, 10)
+    assert kv.counter_multi({"a": 5, "b": 7, "c": 1}) == {}
+    assert [kv.get(k).value for k in ("a", "b", "c")] == [15, 7, 1]
+    assert kv.counter_multi({"b": 3}) == {} and kv.get("b").value == 10
+    assert kv.counter_multi({}) == {}
+    assert kv.counter("c") == 2  # still a counter
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_counter_multi_refuses_a_bad_delta_before_writing_anything(kv, bad):
+    with pytest.raises(ValueError):
+        kv.counter_multi({"first": 1, "bad": bad})
+    assert kv.get_multi(["first", "bad"]) == {}
+
+
+def test_counter_multi_from_many_threads_is_exact(kv):
+    run_threads(8, lambda i: [kv.counter_multi({"t": 1, f"own{i}": 2}) for _ in range(25)])
+    assert kv.get("t").value == 200
+    assert all(kv.get(f"own{i}").value == 50 for i in range(8))
+
+
 # -- prefixes --------------------------------------------------------------------------------------
 
 

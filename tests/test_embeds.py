@@ -43,6 +43,22 @@ def max_age(response) -> int:
 # --- the embed page -----------------------------------------------------------------------------
 
 
+def destination(client, page: str) -> str | None:
+    """Where the embed's ad link leads: its click redirect's Location (None: no ad link)."""
+    found = re.search(r'class="ad" href="([^"]+)"', page)
+    if found is None:
+        return None
+    response = client.get(found[1].replace("&amp;", "&"))
+    assert response.status_code == 302
+    return response["Location"]
+
+
+def embed_text(client, path: str) -> str:
+    """The embed page at `path`, followed by where its ad link leads (when it has one)."""
+    page = client.get(path).content.decode()
+    return page + "\n" + (destination(client, page) or "")
+
+
 def test_the_embed_shows_the_live_ad_at_its_size(client, store, clock, world):
     sale = sell(store, clock)
     response = client.get(URL)
@@ -50,7 +66,8 @@ def test_the_embed_shows_the_live_ad_at_its_size(client, store, clock, world):
     page = html(response)
     assert f'src="/img/{SHA}.png"' in page
     assert 'width="300" height="250"' in page
-    assert 'href="https://bob.test/landing?a=1&amp;b=2"' in page
+    assert re.search(r'class="ad" href="/c/sam-0-0-[^"]+"', page)  # counted, then redirected
+    assert destination(client, page) == "https://bob.test/landing?a=1&b=2"
     assert 'rel="sponsored noopener"' in page and 'target="_blank"' in page
     assert "public" in response["Cache-Control"]
     assert max_age(response) == min(api.EMBED_MAX_AGE, sale.ends_at - clock.now())
@@ -110,10 +127,10 @@ def test_the_embed_follows_the_slot_boundary(client, store, clock, world):
     second = sell(store, clock, "cat")
     clock.set(second.starts_at - 31)
     page = html(client.get(URL))
-    assert "https://bob.test/" in page
+    assert destination(client, page).startswith("https://bob.test/")
     assert max_age(client.get(URL)) == 1
     clock.set(second.starts_at - 30)
-    assert "https://cat.test/" in html(client.get(URL))
+    assert destination(client, html(client.get(URL))).startswith("https://cat.test/")
     clock.set(second.ends_at)
     assert "buy this space" in html(client.get(URL))
     assert first.ends_at == second.starts_at
@@ -309,10 +326,10 @@ def test_an_ad_in_its_review_window_is_never_cached_and_leaves_at_once_when_reje
     sale = sell(store, clock)
     shown = client.get(URL)
     assert shown["Cache-Control"] == "public, no-cache"  # every view asks again
-    assert "bob.test" in html(shown)
+    assert destination(client, html(shown)).startswith("https://bob.test/")
     review.reject_sale(store, clock, "sam", "sam", 0, sale.slot, "not for this site")
     after = client.get(URL)
-    assert "bob.test" not in html(after) and "placeholder" in html(after)
+    assert destination(client, html(after)) is None and "placeholder" in html(after)
 
 
 def test_once_the_window_closes_the_ad_is_cached_until_the_slot_ends(

@@ -10,6 +10,7 @@ per-slot allowance, the store and the host the answer is for, and the caches' bo
 from __future__ import annotations
 
 import gc
+import re
 
 import pytest
 
@@ -44,7 +45,12 @@ def ad_url(client, key, url=URL) -> str | None:
 
 
 def embed(client, url=EMBED) -> str:
-    return client.get(url).content.decode()
+    """The embed page, followed by where its ad link leads (the click redirect's Location)."""
+    page = client.get(url).content.decode()
+    link = re.search(r'class="ad" href="([^"]+)"', page)
+    if link is None:
+        return page
+    return page + "\n" + client.get(link[1])["Location"]
 
 
 def warm(client, key):
@@ -251,7 +257,7 @@ def test_a_cached_answer_reads_only_the_account_and_the_campaign(client, store, 
         assert ad_url(client, key).startswith("https://bob.test/")
         assert sorted(counting.reads) == ["account", "campaign"]
         counting.reads.clear()
-        assert "https://bob.test/" in embed(client)
+        assert 'class="ad"' in client.get(EMBED).content.decode()
         assert counting.reads == ["campaign"]
     finally:
         docstore.set_store(store)

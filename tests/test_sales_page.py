@@ -8,6 +8,7 @@ import pytest
 from accounts.gateway import ensure_account, get_account
 from adspace import buy, credit, gateway
 from tests.test_buy import HUGE
+from tests.test_embeds import embed_text
 
 pytestmark = pytest.mark.django_db
 
@@ -213,9 +214,9 @@ def test_the_embed_shows_the_placeholder_once_the_ad_is_rejected(
 ):
     n = campaign_with_sales(store, clock, "seller")
     clock.advance(-60)  # back inside slot 0
-    assert "https://b0.test/" in client.get(f"/embed/seller/{n}").content.decode()
+    assert "https://b0.test/" in embed_text(client, f"/embed/seller/{n}")
     seller_client.post(f"/account/sales/{n}/0/reject", {"reason": "no"})
-    html = client.get(f"/embed/seller/{n}").content.decode()
+    html = embed_text(client, f"/embed/seller/{n}")
     assert "https://b0.test/" not in html and "Your ad here" in html
 
 
@@ -223,9 +224,9 @@ def test_approve_first_embeds_the_placeholder_until_approved(seller_client, clie
     n = campaign_with_sales(store, clock, "seller", sales=0)
     seller_client.post(f"/account/sales/{n}/review-mode", {"mode": "approve"})
     campaign_with_sales_into(store, clock, n)
-    assert "Your ad here" in client.get(f"/embed/seller/{n}").content.decode()
+    assert "Your ad here" in embed_text(client, f"/embed/seller/{n}")
     seller_client.post(f"/account/sales/{n}/0/approve")
-    assert "https://b0.test/" in client.get(f"/embed/seller/{n}").content.decode()
+    assert "https://b0.test/" in embed_text(client, f"/embed/seller/{n}")
 
 
 def campaign_with_sales_into(store, clock, n):

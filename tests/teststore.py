@@ -74,6 +74,11 @@ class RecordingStore(Store):
         self._wrote(key)
         return self.inner.counter(key, delta, initial)
 
+    def counter_multi(self, deltas):
+        for key in deltas:
+            self._wrote(key)
+        return self.inner.counter_multi(deltas)
+
     def close(self) -> None:
         self.inner.close()
 

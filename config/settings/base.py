@@ -259,6 +259,22 @@ MAX_IMAGE_BYTES_PER_USER = env.int("MAX_IMAGE_BYTES_PER_USER", default=50 * 1024
 # Live-ad API answers per key, campaign and slot (the original allowed 50); 0 turns it off.
 API_REQUESTS_PER_SLOT = env.int("API_REQUESTS_PER_SLOT", default=50)
 
+# Delivery counts (adspace.stats): seconds between flushes of the in-process counts (a crash
+# loses at most this much; 0, for tests only: written only when a test calls flush()), the
+# counter calls a flush keeps in flight, and how many impressions and clicks of one slot one
+# client (IP, or IPv6 /64) may add per hour in one server process before it is no longer counted.
+STATS_FLUSH_SECONDS = env.float("STATS_FLUSH_SECONDS", default=5.0)
+STATS_FLUSH_THREADS = env.int("STATS_FLUSH_THREADS", default=32)
+STATS_IMPRESSIONS_PER_CLIENT = env.int("STATS_IMPRESSIONS_PER_CLIENT", default=120)
+STATS_CLICKS_PER_CLIENT = env.int("STATS_CLICKS_PER_CLIENT", default=20)
+for _name in ("STATS_FLUSH_THREADS", "STATS_IMPRESSIONS_PER_CLIENT", "STATS_CLICKS_PER_CLIENT"):
+    if globals()[_name] < 1:
+        raise environ.ImproperlyConfigured(f"{_name} must be 1 or more, not {globals()[_name]}")
+if STATS_FLUSH_SECONDS < 0:
+    raise environ.ImproperlyConfigured(
+        f"STATS_FLUSH_SECONDS must be 0 or more, not {STATS_FLUSH_SECONDS}"
+    )
+
 # Sessions are read from the shared cache and written through to the database: a logged-in page
 # skips one SQL query, and a cache that is lost or cleared only costs a database read.
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"

@@ -29,7 +29,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,8 +38,11 @@ from ..base import (
     AlreadyExists,
     CasMismatch,
     Doc,
+    DocstoreError,
     NotFound,
     Store,
+    TemporaryFailure,
+    check_deltas,
     field_names,
     retry_transient,
 )
@@ -47,6 +50,10 @@ from ..files import private_sqlite_file, tighten
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS docs (key TEXT PRIMARY KEY, value TEXT NOT NULL, cas INTEGER NOT NULL) WITHOUT ROWID"
 _MULTI_CHUNK = 500
+_COUNTER_SQL = (
+    "INSERT INTO docs (key, value, cas) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE "
+    "SET value = CAST(value AS INTEGER) + ?, cas = excluded.cas"
+)
 # get_fields answers kept per process (key and names -> CAS and field texts); cleared when full.
 _FIELDS_CACHE_SIZE = 4096
 _STATE_LOCK = threading.Lock()
@@ -352,11 +359,37 @@ class EmbeddedStore(Store):
         if delta <= 0:
             raise ValueError("counter delta must be positive")
         _, row = self._write(
-            "INSERT INTO docs (key, value, cas) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE "
-            "SET value = CAST(value AS INTEGER) + ?, cas = excluded.cas RETURNING value",
+            _COUNTER_SQL + " RETURNING value",
             (self.prefix + key, str(int(initial)), _new_cas(), delta),
         )
         return int(row[0])
+
+    def counter_multi(self, deltas: Mapping[str, int]) -> dict[str, DocstoreError]:
+        """Every add in one transaction (one commit, one fsync): all applied or none."""
+        check_deltas(deltas)
+        rows = [(self.prefix + key, str(delta), delta) for key, delta in deltas.items()]
+        if not rows:
+            return {}
+
+        def apply() -> None:
+            conn = self._conn()
+            with self._writing():
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for full_key, initial, delta in rows:
+                        conn.execute(_COUNTER_SQL, (full_key, initial, _new_cas(), delta))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    # Nothing of the batch stays applied when any of it (or the commit) failed.
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+
+        try:
+            retry_transient(apply, _is_transient)
+        except TemporaryFailure as exc:
+            return dict.fromkeys(deltas, exc)
+        return {}
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
