@@ -22,10 +22,11 @@ from django.urls import include, path, resolve
 import docstore
 from accounts.adjust import adjust_balance
 from accounts.gateway import ensure_account, get_account
-from adspace import buy, gateway, serving_urls
+from adspace import buy, delivery, gateway, serving_urls
 from config import handlers
 from docstore import TemporaryFailure
 from docstore.faults import Hook, HookedStore
+from tests.delivery_helpers import BROWSER_AGENT
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.django_db
@@ -34,8 +35,8 @@ SHA = "cd" * 32
 ANSWERS = ("status", "headers", "body")
 
 
-# A test-only serving URLconf: the click and beacon views are another branch's; these stand in for
-# them, and tell what the request they were given carries.
+# A test-only serving URLconf: probes at the click and beacon prefixes (ahead of the real views)
+# that tell what the request they were given carries.
 def _probe(request, token):
     return JsonResponse(
         {
@@ -53,10 +54,10 @@ def _store_down(request):
 
 
 urlpatterns = [
-    path("", include("adspace.serving_urls")),
     path("c/unavailable", _store_down),
     path("c/<str:token>", _probe),
     path("i/<str:token>", _probe),
+    path("", include("adspace.serving_urls")),
 ]
 
 
@@ -76,7 +77,13 @@ def world(store, clock, make_user):
         store, clock, "bob", "main", "Bob's ad", "https://bob.test/", 300, 250, SHA
     )
     buy.buy_next_slot(store, clock, "bob", "sam", 0, 0, 10**12)
-    return {"user": sam, "key": get_account(store, "sam").value["apiKey"]}
+    slot = store.get(gateway.slot_key("sam", 0, 0)).value
+    return {
+        "user": sam,
+        "key": get_account(store, "sam").value["apiKey"],
+        "click": delivery.token(delivery.CLICK, "sam", 0, 0, slot),
+        "beacon": delivery.token(delivery.IMPRESSION, "sam", 0, 0, slot),
+    }
 
 
 @pytest.fixture
@@ -168,15 +175,29 @@ SERVING_REQUESTS = {
     "image other extension": ("GET", f"/img/{SHA}.gif", {}),
     "image post": ("POST", f"/img/{SHA}.png", {}),
     "image body too large": ("GET", f"/img/{SHA}.png", {}, {"CONTENT_LENGTH": str(10**8)}),
+    "click": ("GET", "/c/{click}", {"User-Agent": BROWSER_AGENT}),
+    "click by a bot": ("GET", "/c/{click}", {"User-Agent": "Googlebot/2.1"}),
+    "click forged": ("GET", "/c/sam-0-0-1-9999999999.forged", {}),
+    "click post": ("POST", "/c/{click}", {}),
+    "beacon": ("GET", "/i/{beacon}", {"User-Agent": BROWSER_AGENT}),
+    "beacon prefetch": (
+        "GET",
+        "/i/{beacon}",
+        {"User-Agent": BROWSER_AGENT, "Sec-Purpose": "prefetch"},
+    ),
+    "beacon forged": ("GET", "/i/{click}", {}),
+    "stats api": ("GET", "/api/v1/stats/sam/0", {"Authorization": "Bearer {key}"}),
+    "stats api wrong key": ("GET", "/api/v1/stats/sam/0", {"Authorization": "Bearer nope"}),
 }
 
 
-def serving_environ(name: str, key: str, cookie: str | None) -> dict:
+def serving_environ(name: str, world: dict, cookie: str | None) -> dict:
     method, url, headers, *extra = SERVING_REQUESTS[name]
-    headers = {k: v.format(key=key) for k, v in headers.items()}
+    fill = {name: world[name] for name in ("key", "click", "beacon")}
+    headers = {k: v.format(**fill) for k, v in headers.items()}
     if cookie:
         headers["Cookie"] = cookie
-    return environ_for(method, url.format(key=key), headers, **(extra[0] if extra else {}))
+    return environ_for(method, url.format(**fill), headers, **(extra[0] if extra else {}))
 
 
 # --- routing ------------------------------------------------------------------------------------
@@ -200,7 +221,7 @@ def test_the_wsgi_application_dispatches_by_path_with_slim_serving_middleware():
 
 @pytest.mark.parametrize("name", sorted(SERVING_REQUESTS))
 def test_each_serving_url_goes_to_the_slim_handler(app, world, name):
-    assert app.handler_for(serving_environ(name, world["key"], None)) is slim(app)
+    assert app.handler_for(serving_environ(name, world, None)) is slim(app)
 
 
 @pytest.mark.parametrize(
@@ -275,7 +296,7 @@ def test_every_serving_pattern_is_under_a_serving_prefix_and_is_the_same_view_on
 def test_serving_answers_are_the_full_stacks_to_the_byte(
     app, world, session_cookie, name, signed_in
 ):
-    environ = serving_environ(name, world["key"], session_cookie if signed_in else None)
+    environ = serving_environ(name, world, session_cookie if signed_in else None)
     full = answer(app.full, environ)
     lean = answer(app, environ)
     assert {k: lean[k] for k in ANSWERS} == {k: full[k] for k in ANSWERS}
@@ -290,9 +311,9 @@ def test_the_cookie_check_would_catch_a_page_setting_one(app):
 
 
 def test_security_headers_are_all_there_on_each_kind_of_serving_answer(app, world):
-    api = headers_of(answer(app, serving_environ("api live ad", world["key"], None)))
-    embed = headers_of(answer(app, serving_environ("embed live ad", world["key"], None)))
-    image = headers_of(answer(app, serving_environ("image", world["key"], None)))
+    api = headers_of(answer(app, serving_environ("api live ad", world, None)))
+    embed = headers_of(answer(app, serving_environ("embed live ad", world, None)))
+    image = headers_of(answer(app, serving_environ("image", world, None)))
     for headers in (api, embed, image):
         assert headers["x-content-type-options"] == "nosniff"
         assert headers["referrer-policy"] == "same-origin"
@@ -316,12 +337,12 @@ def test_https_keeps_hsts_and_plain_http_is_redirected_the_same_way(settings, wo
     settings.SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     settings.SECURE_SSL_REDIRECT = True
     app = handlers.build_application()
-    https = {**serving_environ(name, world["key"], None), "wsgi.url_scheme": "https"}
+    https = {**serving_environ(name, world, None), "wsgi.url_scheme": "https"}
     https["SERVER_PORT"] = "443"
     lean, full = answer(app, https), answer(app.full, https)
     assert lean == full
     assert headers_of(lean)["strict-transport-security"] == "max-age=3600; includeSubDomains"
-    plain = serving_environ(name, world["key"], None)
+    plain = serving_environ(name, world, None)
     lean, full = answer(app, plain), answer(app.full, plain)
     assert lean == full and lean["status"].startswith("301")
     assert headers_of(lean)["location"].startswith("https://testserver/")
@@ -351,7 +372,7 @@ def test_an_unreachable_store_gives_the_same_answers_on_both_paths(app, world, s
     docstore.set_store(HookedStore(store, Down()))
     try:
         for name in ("api live ad", "embed live ad", "embed size", "image"):
-            environ = serving_environ(name, world["key"], None)
+            environ = serving_environ(name, world, None)
             lean, full = answer(app, environ), answer(app.full, environ)
             assert lean == full, name
             assert lean["status"].startswith("503"), name
