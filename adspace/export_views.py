@@ -34,31 +34,24 @@ def _name(kind: str, first, last) -> str:
     return f"{kind}-{first.isoformat()}-to-{last.isoformat()}.csv"
 
 
-@login_required
-@require_safe
-@_shows_errors
-def ledger_csv(request: HttpRequest) -> HttpResponse:
-    first, last = _range(request)
-    rows = exports.ledger_rows(get_store(), request.user.username, first, last)
-    return exports.streamed_csv(_name("ledger", first, last), exports.LEDGER_HEADER, rows)
+def _export(kind: str, rows_of, header: list[str]):
+    """The view of one export: the signed-in user's rows of `kind` in the asked range."""
+
+    @login_required
+    @require_safe
+    @_shows_errors
+    def view(request: HttpRequest) -> HttpResponse:
+        first, last = _range(request)
+        rows = rows_of(get_store(), request.user.username, first, last)
+        return exports.streamed_csv(_name(kind, first, last), header, rows)
+
+    view.__name__ = view.__qualname__ = f"{kind}_csv"
+    return view
 
 
-@login_required
-@require_safe
-@_shows_errors
-def purchases_csv(request: HttpRequest) -> HttpResponse:
-    first, last = _range(request)
-    rows = exports.purchases_rows(get_store(), request.user.username, first, last)
-    return exports.streamed_csv(_name("purchases", first, last), exports.PURCHASES_HEADER, rows)
-
-
-@login_required
-@require_safe
-@_shows_errors
-def sales_csv(request: HttpRequest) -> HttpResponse:
-    first, last = _range(request)
-    rows = exports.sales_rows(get_store(), request.user.username, first, last)
-    return exports.streamed_csv(_name("sales", first, last), exports.SALES_HEADER, rows)
+ledger_csv = _export("ledger", exports.ledger_rows, exports.LEDGER_HEADER)
+purchases_csv = _export("purchases", exports.purchases_rows, exports.PURCHASES_HEADER)
+sales_csv = _export("sales", exports.sales_rows, exports.SALES_HEADER)
 
 
 @login_required

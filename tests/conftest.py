@@ -15,11 +15,11 @@ from django.core.cache import cache
 
 import docstore
 from accounts.gateway import ensure_account
-from adspace import serving
+from adspace import delivery, serving, stats
 from docstore import FixedClock
 from tests.teststore import BACKEND, ON_COUCHBASE, make_test_store, open_store, store_config
 
-pytest_plugins = ["tests.regtest"]
+pytest_plugins = ["tests.regtest", "tests.delivery_helpers"]
 
 T0 = 1_700_000_000
 PASSWORD = "correct-horse-battery-9"
@@ -46,12 +46,18 @@ def clock():
 
 @pytest.fixture(autouse=True)
 def _clear_cache():
-    """Django's cache and each process's live-ad caches start and end every test empty."""
-    cache.clear()
-    serving.clear_cache()
+    """Django's cache, each process's live-ad caches, and its delivery counts and per-client
+    allowances not yet written start and end every test empty."""
+    _forget_process_state()
     yield
+    _forget_process_state()
+
+
+def _forget_process_state():
     cache.clear()
     serving.clear_cache()
+    stats.recorder.discard()
+    delivery.budget.clear()
 
 
 @pytest.fixture

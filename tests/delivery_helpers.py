@@ -1,4 +1,6 @@
-"""Shared helpers of the delivery-count tests (clicks, impressions, pages, exports)."""
+"""Shared helpers of the delivery-count tests (clicks, impressions, pages, exports); loaded as a
+plugin by conftest.py for its `sold` fixture. Counts and allowances are cleared around every
+test by conftest's `_clear_cache`."""
 
 from __future__ import annotations
 
@@ -6,21 +8,10 @@ import re
 
 import pytest
 
-from adspace import delivery, gateway, serving, stats
+from adspace import gateway
 
 BROWSER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
-
-
-@pytest.fixture(autouse=True)
-def fresh_counting():
-    """No counts or client allowances left over from another test (or another test's store)."""
-    stats.recorder.discard()
-    delivery.budget.clear()
-    serving.clear_cache()
-    yield
-    stats.recorder.discard()
-    delivery.budget.clear()
-    serving.clear_cache()
+EMBED = "/embed/sam/0"
 
 
 def counted(store, kind: str, owner="sam", n=0, k=0, day="2023-11-14") -> int:
@@ -41,3 +32,14 @@ def links(page: str) -> tuple[str, str]:
     beacon = re.search(r'class="beacon" src="(/i/[^"]+)"', page)
     assert click and beacon, page
     return click[1], beacon[1]
+
+
+@pytest.fixture
+def sold(store, clock):
+    """bob's ad sold on sam's campaign 0 and showing for ten minutes (tests.test_ad_api's world)."""
+    from tests.test_ad_api import make_world, sell
+
+    make_world(store, clock)
+    sale = sell(store, clock)
+    clock.advance(600)
+    return sale

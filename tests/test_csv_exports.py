@@ -13,7 +13,6 @@ import pytest
 
 from accounts.adjust import adjust_balance
 from adspace import buy, exports, gateway
-from tests.delivery_helpers import fresh_counting  # noqa: F401
 from tests.test_ad_api import HUGE, SHA, make_world, sell
 from tests.test_stats_pages import delivered, signed_in  # noqa: F401 - the fixture
 

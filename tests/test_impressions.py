@@ -6,21 +6,11 @@ from __future__ import annotations
 import pytest
 
 from adspace import delivery, gateway, review, stats
-from tests.delivery_helpers import BROWSER_AGENT, counted, fresh_counting, links, view  # noqa: F401
+from tests.delivery_helpers import BROWSER_AGENT, EMBED, counted, links, view
 from tests.test_ad_api import DAY, ask, make_world, sell
 from tests.test_clicks import tampered
 
 pytestmark = pytest.mark.django_db
-
-EMBED = "/embed/sam/0"
-
-
-@pytest.fixture
-def sold(store, clock):
-    make_world(store, clock)
-    sale = sell(store, clock)
-    clock.advance(600)
-    return sale
 
 
 def beacon_path(client) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from adspace import stats_report
-from tests.delivery_helpers import fresh_counting  # noqa: F401
 from tests.test_stats_pages import delivered  # noqa: F401 - the delivered fixture
 
 pytestmark = pytest.mark.django_db

@@ -15,7 +15,7 @@ from accounts.adjust import adjust_balance
 from accounts.gateway import ensure_account
 from accounts.models import User
 from adspace import buy, delivery, gateway, stats
-from tests.delivery_helpers import BROWSER_AGENT, fresh_counting  # noqa: F401
+from tests.delivery_helpers import BROWSER_AGENT
 from tests.test_browser import browser, pytestmark  # noqa: F401 - the browser fixture
 from tests.test_embeds import sellers_site
 from tests.test_review_browser import PASSWORD, log_in

@@ -15,7 +15,7 @@ from django.test import Client
 
 from adspace import gateway, stats
 from docstore import Ambiguous, Store, TemporaryFailure
-from tests.delivery_helpers import BROWSER_AGENT, counted, fresh_counting, links  # noqa: F401
+from tests.delivery_helpers import BROWSER_AGENT, counted, links
 from tests.test_ad_api import make_world, sell
 from tests.teststore import store_env
 

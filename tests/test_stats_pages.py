@@ -9,7 +9,7 @@ import pytest
 
 from accounts.models import User
 from adspace import stats, stats_chart, stats_report
-from tests.delivery_helpers import counted, fresh_counting, links, view  # noqa: F401
+from tests.delivery_helpers import counted, links, view
 from tests.test_ad_api import make_world, sell
 
 pytestmark = pytest.mark.django_db
