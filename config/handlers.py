@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler, get_path_info
-from django.urls import Resolver404, get_resolver
+from django.urls import Resolver404, ResolverMatch, get_resolver
 
 SERVING_PREFIXES = ("/api/", "/embed/", "/embed.js", "/img/", "/c/", "/i/")
 SERVING_URLCONF = "adspace.serving_urls"
@@ -57,6 +57,10 @@ BARE_MIDDLEWARE = (
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
 )
+
+# Where PathDispatch leaves the match it found for the slim handler it chose, so that handler
+# does not resolve the same path again (a WSGI environ key, like a server's own extensions).
+MATCH_KEY = "adspace.resolver_match"
 
 # Django reads the middleware list from settings inside load_middleware; it is swapped for the
 # slim handler's own list only while one is built (at start-up), one build at a time.
@@ -85,17 +89,23 @@ class SlimHandler(WSGIHandler):
             finally:
                 settings.MIDDLEWARE = full
 
-    def serves(self, path: str) -> bool:
+    def match(self, path: str) -> ResolverMatch | None:
         try:
-            self.resolver.resolve(path)
+            return self.resolver.resolve(path)
         except Resolver404:
-            return False
-        return True
+            return None
+
+    def serves(self, path: str) -> bool:
+        return self.match(path) is not None
 
     def resolve_request(self, request):
         # Not request.urlconf: that would also make reverse() and the error pages use these
         # few patterns, and the views link to pages (the campaign a placeholder advertises).
-        match = self.resolver.resolve(request.path_info)
+        found = request.META.pop(MATCH_KEY, None)
+        if found is not None and found[0] is self:
+            match = found[1]
+        else:  # called without PathDispatch (or it chose another handler)
+            match = self.resolver.resolve(request.path_info)
         request.resolver_match = match
         return match
 
@@ -110,8 +120,12 @@ class PathDispatch:
     def handler_for(self, environ: dict) -> Callable:
         path = get_path_info(environ) or "/"
         for prefixes, handler in self.routes:
-            if path.startswith(prefixes) and handler.serves(path):
-                return handler
+            if path.startswith(prefixes):
+                match = handler.match(path)
+                if match is not None:
+                    # The path the handler routes on is this one (WSGIRequest.path_info).
+                    environ[MATCH_KEY] = (handler, match)
+                    return handler
         return self.full
 
     def __call__(self, environ, start_response):
