@@ -480,7 +480,7 @@ def _image(store, sha256: str) -> tuple[dict, bytes]:
 def image(request: HttpRequest, sha256: str, ext: str) -> HttpResponse:
     etag = f'"{sha256}"'
     # Content-addressed and immutable: a browser holding this name holds these bytes.
-    if request.headers.get("If-None-Match") == etag:
+    if request.META.get("HTTP_IF_NONE_MATCH") == etag:
         response = HttpResponseNotModified()
     else:
         try:
