@@ -47,7 +47,19 @@ def pluralize(count, suffix: str = "s") -> str:
 
 def date(value: datetime | None, fmt: str) -> str:
     """Django's `date` filter: the same format characters ("Y-m-d H:i:s", "c")."""
-    return "" if value is None else dateformat.format(value, fmt)
+    if value is None:
+        return ""
+    # The pages' two formats, written out as django.utils.dateformat does (`c` is isoformat(),
+    # the others zero-padded fields), without its per-call formatter and regex split.
+    if isinstance(value, datetime):
+        if fmt == "c":
+            return value.isoformat()
+        if fmt == "Y-m-d H:i:s":
+            return (
+                f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
+                f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
+            )
+    return dateformat.format(value, fmt)
 
 
 def environment(**options) -> Environment:
