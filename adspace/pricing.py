@@ -11,6 +11,7 @@ None before the first sale.
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Mapping
 from html import escape
 from typing import Any
@@ -96,7 +97,24 @@ def chart_svg(
 
     Static markup only (no script, no event handlers, no external references), so it can be
     inlined in a page and works without JavaScript. Colours follow `currentColor`.
+
+    A pure function of its arguments, so the charts of the last few (campaign, second) pairs
+    are kept: every view of a campaign within one second draws the same chart. Only exact ints
+    are looked up (1, True and 1.0 hash alike; the others must still be refused).
     """
+    values = (min_price, now, width, height, *(() if last is None else last.values()))
+    if all(type(v) is int for v in values):
+        frozen = None if last is None else tuple(sorted(last.items()))
+        return _remembered_chart(min_price, frozen, now, width, height)
+    return _draw_chart(min_price, last, now, width, height)
+
+
+@functools.lru_cache(maxsize=256)
+def _remembered_chart(min_price: int, last: tuple | None, now: int, width: int, height: int) -> str:
+    return _draw_chart(min_price, None if last is None else dict(last), now, width, height)
+
+
+def _draw_chart(min_price: int, last: LastSale | None, now: int, width: int, height: int) -> str:
     _require_ints(width=width, height=height)
     curve = price_curve(min_price, last, now)
     price_now = current_price(min_price, last, now)

@@ -213,7 +213,7 @@ def main() -> None:
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats(
                 os.environ.get("PROFILE_SORT", "cumulative")
-            ).print_stats(40)
+            ).print_stats(int(os.environ.get("PROFILE_LINES", "40")))
             print(out.getvalue())
         if args.sample:
             from pyinstrument import Profiler

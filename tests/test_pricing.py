@@ -324,3 +324,19 @@ def test_integer_rounding_rounds_halves_up_on_both_sides_of_zero() -> None:
     assert _div_round_half_up(5, -2) == -2  # -2.5 rounds up to -2
     with pytest.raises(ZeroDivisionError):
         _div_round_half_up(1, 0)
+
+
+def test_a_remembered_chart_is_the_one_drawn_and_still_refuses_what_is_not_an_int() -> None:
+    from adspace.pricing import _draw_chart
+
+    now = T0 + 3600
+    first = chart_svg(MIN_PRICE, FIRST_SALE, now)
+    assert chart_svg(MIN_PRICE, dict(FIRST_SALE), now) == first
+    assert first == _draw_chart(MIN_PRICE, FIRST_SALE, now, 600, 200)
+    assert chart_svg(MIN_PRICE, FIRST_SALE, now + 1) != first  # the dot moved
+    with pytest.raises(TypeError):
+        chart_svg(MIN_PRICE, {**FIRST_SALE, "price": float(FIRST_SALE["price"])}, now)
+    with pytest.raises(TypeError):
+        chart_svg(float(MIN_PRICE), FIRST_SALE, now)
+    with pytest.raises(TypeError):
+        chart_svg(MIN_PRICE, None, True)
