@@ -138,3 +138,20 @@ def test_the_date_filter_writes_what_djangos_does(value, fmt):
     from accounts.templating import date
 
     assert date(value, fmt) == dateformat.format(value, fmt)
+
+
+def test_static_answers_what_djangos_static_answers_under_each_setting(settings):
+    from django.templatetags.static import static
+
+    for _ in range(2):  # the second time from the cache
+        assert render("{{ static('css/site.css') }}") == static("css/site.css")
+    settings.STATIC_URL = "/assets/"
+    assert render("{{ static('css/site.css') }}") == "/assets/css/site.css"
+    settings.STATIC_URL = "assets/"  # relative: under the script prefix
+    try:
+        set_script_prefix("/market/")
+        assert render("{{ static('css/site.css') }}") == static("css/site.css")
+        assert render("{{ static('css/site.css') }}").startswith("/market/assets/css/site")
+    finally:
+        set_script_prefix("/")
+    assert render("{{ static('css/site.css') }}") == static("css/site.css")
