@@ -92,6 +92,12 @@ def _forget_proxies(setting: str, **kwargs) -> None:
 
 
 def _parse_ip(text: str) -> IPAddress | None:
+    # Pure, and asked for the same few addresses over and over (every beacon and click): kept,
+    # for texts no longer than an address with its port (so the cache stays small).
+    return _parse_short_ip(text) if len(text) <= 64 else _parse_any_ip(text)
+
+
+def _parse_any_ip(text: str) -> IPAddress | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # "[2001:db8::1]:443"
         text = text[1 : text.index("]")]
@@ -104,6 +110,9 @@ def _parse_ip(text: str) -> IPAddress | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+_parse_short_ip = functools.lru_cache(maxsize=4096)(_parse_any_ip)
 
 
 def _is_trusted(address: IPAddress | None) -> bool:

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.templatetags.static import static
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.templatetags.static import static as static_url
 from django.utils import dateformat
 from django.utils.html import escapejs
 
@@ -37,6 +40,29 @@ def url(context, view_name: str, *args) -> str:
     return cached_reverse(view_name, args, scope=scope)
 
 
+# static(path) -> URL, per process: the manifest is read once when the process starts, so the
+# answer changes only with the settings it is read under (STATIC_URL, which carries the script
+# prefix when relative, and DEBUG, which turns hashed names off) or a storage setting a test
+# changes. Paths come from the templates' own literals.
+_static_urls: dict[tuple[str, str, bool], str] = {}
+
+
+def static(path: str) -> str:
+    key = (path, settings.STATIC_URL, settings.DEBUG)
+    found = _static_urls.get(key)
+    if found is None:
+        if len(_static_urls) >= 1024:
+            _static_urls.clear()
+        found = _static_urls[key] = static_url(path)
+    return found
+
+
+@receiver(setting_changed)
+def _forget_static_urls(setting: str, **kwargs) -> None:
+    if setting in ("STORAGES", "STATIC_ROOT", "STATICFILES_DIRS", "STATIC_URL"):
+        _static_urls.clear()
+
+
 def pluralize(count, suffix: str = "s") -> str:
     """ "s" unless the count is exactly 1 (Django's `pluralize` for numbers)."""
     try:
@@ -47,7 +73,19 @@ def pluralize(count, suffix: str = "s") -> str:
 
 def date(value: datetime | None, fmt: str) -> str:
     """Django's `date` filter: the same format characters ("Y-m-d H:i:s", "c")."""
-    return "" if value is None else dateformat.format(value, fmt)
+    if value is None:
+        return ""
+    # The pages' two formats, written out as django.utils.dateformat does (`c` is isoformat(),
+    # the others zero-padded fields), without its per-call formatter and regex split.
+    if isinstance(value, datetime):
+        if fmt == "c":
+            return value.isoformat()
+        if fmt == "Y-m-d H:i:s":
+            return (
+                f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
+                f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
+            )
+    return dateformat.format(value, fmt)
 
 
 def environment(**options) -> Environment:

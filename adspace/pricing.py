@@ -1,7 +1,7 @@
 """The price of a campaign's next slot, and a small SVG chart of it (DESIGN.md section 5).
 
 Pure functions over plain integers: amounts in sats, times in unix seconds (UTC). The price is
-computed exactly with `Fraction` and rounded once, so the server, the buy form and the tests all
+computed exactly as a ratio of integers and rounded once, so the server, the buy form and the tests all
 agree to the sat; no float ever touches an amount.
 
 `last` is the campaign's last sale, `{"slot", "purchasedAt", "startsAt", "endsAt", "price"}`, or
@@ -11,8 +11,8 @@ None before the first sale.
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Mapping
-from fractions import Fraction
 from html import escape
 from typing import Any
 
@@ -42,8 +42,8 @@ def current_price(min_price: int, last: LastSale | None, now: int) -> int:
     now = max(now, purchased_at)
     if now >= ends_at:
         return min_price
-    exact = min_price + Fraction((2 * price - min_price) * (ends_at - now), ends_at - purchased_at)
-    return max(min_price, _round_half_up(exact))
+    fall = _div_round_half_up((2 * price - min_price) * (ends_at - now), ends_at - purchased_at)
+    return max(min_price, min_price + fall)
 
 
 def next_slot_times(slot_hours: int, last: LastSale | None, now: int) -> tuple[int, int]:
@@ -97,7 +97,24 @@ def chart_svg(
 
     Static markup only (no script, no event handlers, no external references), so it can be
     inlined in a page and works without JavaScript. Colours follow `currentColor`.
+
+    A pure function of its arguments, so the charts of the last few (campaign, second) pairs
+    are kept: every view of a campaign within one second draws the same chart. Only exact ints
+    are looked up (1, True and 1.0 hash alike; the others must still be refused).
     """
+    values = (min_price, now, width, height, *(() if last is None else last.values()))
+    if all(type(v) is int for v in values):
+        frozen = None if last is None else tuple(sorted(last.items()))
+        return _remembered_chart(min_price, frozen, now, width, height)
+    return _draw_chart(min_price, last, now, width, height)
+
+
+@functools.lru_cache(maxsize=256)
+def _remembered_chart(min_price: int, last: tuple | None, now: int, width: int, height: int) -> str:
+    return _draw_chart(min_price, None if last is None else dict(last), now, width, height)
+
+
+def _draw_chart(min_price: int, last: LastSale | None, now: int, width: int, height: int) -> str:
     _require_ints(width=width, height=height)
     curve = price_curve(min_price, last, now)
     price_now = current_price(min_price, last, now)
@@ -111,12 +128,12 @@ def chart_svg(
 
     def x_of(t: int) -> int:
         t = min(max(t, t_first), t_last)
-        return left + _round_half_up(Fraction((right - left) * (t - t_first), t_last - t_first))
+        return left + _div_round_half_up((right - left) * (t - t_first), t_last - t_first)
 
     def y_of(price: int) -> int:
         if p_high == p_low:  # flat: draw it across the middle
             return (top + bottom) // 2
-        return bottom - _round_half_up(Fraction((bottom - top) * (price - p_low), p_high - p_low))
+        return bottom - _div_round_half_up((bottom - top) * (price - p_low), p_high - p_low)
 
     polyline = " ".join(f"{x_of(t)},{y_of(p)}" for t, p in curve)
     now_x, now_y = x_of(now), y_of(price_now)
@@ -185,8 +202,14 @@ def chart_svg(
     return "\n".join(parts)
 
 
-def _round_half_up(value: Fraction) -> int:
-    return (2 * value.numerator + value.denominator) // (2 * value.denominator)
+def _div_round_half_up(numerator: int, denominator: int) -> int:
+    """numerator / denominator, exact, rounded half up: floor(n / d + 1/2), in integers alone
+    (a Fraction gives the same, and costs its gcd on every page view)."""
+    if denominator < 0:
+        numerator, denominator = -numerator, -denominator
+    elif denominator == 0:
+        raise ZeroDivisionError(f"Fraction({numerator}, 0)")
+    return (2 * numerator + denominator) // (2 * denominator)
 
 
 def _require_ints(**values: object) -> None:

@@ -106,6 +106,43 @@ class BoundedCache:
         return len(self._data)
 
 
+class ByteBoundedCache(BoundedCache):
+    """A BoundedCache that also keeps the total `weight` of its values (their size in bytes) at
+    most `max_bytes`, dropping the oldest entries beyond it; a value over a tenth of that is not
+    kept at all (one upload must not empty the cache)."""
+
+    def __init__(self, size: int, max_bytes: int):
+        super().__init__(size)
+        self.max_bytes = max_bytes
+        self._weights: dict[Any, int] = {}
+        self._total = 0
+
+    def put(self, key: Any, value: Any, weight: int = 0) -> None:
+        if weight > self.max_bytes // 10:
+            return
+        with self._lock:
+            data, weights = self._data, self._weights
+            data.pop(key, None)
+            self._total -= weights.pop(key, 0)
+            data[key] = value
+            weights[key] = weight
+            self._total += weight
+            while len(data) > self.size or self._total > self.max_bytes:
+                oldest = next(iter(data))
+                del data[oldest]
+                self._total -= weights.pop(oldest)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._weights.clear()
+            self._total = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return self._total
+
+
 _bounded: list[BoundedCache] = []
 _store_ids: weakref.WeakKeyDictionary[Store, int] = weakref.WeakKeyDictionary()
 _store_counter = itertools.count(1)

@@ -32,7 +32,7 @@ from accounts.security import accepts_body_up_to
 from accounts.templatetags.cached_url import cached_reverse
 from docstore import Ambiguous, NotFound, TemporaryFailure, get_clock, get_store
 
-from . import buy, fragments, gateway, images, pricing, services
+from . import buy, fragments, gateway, images, pricing, services, serving
 from .credit import owner_earnings
 from .forms import AdForm, CampaignEditForm, CampaignForm
 
@@ -457,6 +457,22 @@ def _content_length(request: HttpRequest) -> int:
         return 0
 
 
+# Images are content-addressed and never rewritten nor deleted (serving.BoundedCache): (store,
+# sha256) -> (the image document without its base64 data, the image's bytes). At most 16 MB of
+# images per process, none over 1.6 MB (larger ones are read each time).
+_images = serving.ByteBoundedCache(1024, 16 * 1024 * 1024)
+
+
+def _image(store, sha256: str) -> tuple[dict, bytes]:
+    key = (serving.store_ident(store), sha256)
+    found = _images.get(key)
+    if found is None:
+        meta, data = gateway.get_image(store, sha256)
+        found = ({k: v for k, v in meta.items() if k != "data"}, data)
+        _images.put(key, found, len(data))
+    return found
+
+
 # Served by the slim handler (config/handlers.py): no CSRF check runs there, so none runs here
 # either, and a POST is this view's 405 on both paths; it changes nothing whatever the method.
 @csrf_exempt
@@ -464,11 +480,11 @@ def _content_length(request: HttpRequest) -> int:
 def image(request: HttpRequest, sha256: str, ext: str) -> HttpResponse:
     etag = f'"{sha256}"'
     # Content-addressed and immutable: a browser holding this name holds these bytes.
-    if request.headers.get("If-None-Match") == etag:
+    if request.META.get("HTTP_IF_NONE_MATCH") == etag:
         response = HttpResponseNotModified()
     else:
         try:
-            meta, data = gateway.get_image(get_store(), sha256)
+            meta, data = _image(get_store(), sha256)
         except NotFound:
             return HttpResponse("No such image.", status=404, content_type="text/plain")
         except TemporaryFailure:

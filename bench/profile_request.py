@@ -39,6 +39,10 @@ def setup(work: Path) -> None:
         CACHE_URL=f"filecache://{work / 'cache'}",
         BENCH_FLOOR="true",
         API_REQUESTS_PER_SLOT="0",
+        LOCAL_CHAIN="off",
+        # As bench/bench.py: every request comes from one client; count every click and beacon.
+        STATS_IMPRESSIONS_PER_CLIENT="1000000000",
+        STATS_CLICKS_PER_CLIENT="1000000000",
         LOG_LEVEL="WARNING",
     )
     import django
@@ -66,6 +70,27 @@ def environ_for(method: str, path: str, headers: dict[str, str], body: bytes = b
         env["HTTP_" + name.upper().replace("-", "_")] = value
     env["_body"] = body
     return env
+
+
+BROWSER = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0"}
+
+
+def delivery_requests(handler, embed: dict) -> dict[str, dict]:
+    """The live ad's click redirect and impression beacon, as a browser asks for them (the
+    tokens read from the embed page, as bench.delivery_rows does)."""
+    import re
+
+    env = dict(embed)
+    env["wsgi.input"] = io.BytesIO(env.pop("_body"))
+    page = b"".join(handler(env, lambda s, h, exc_info=None: None)).decode()
+    click = re.search(r'class="ad" href="(/c/[^"]+)"', page)
+    beacon = re.search(r'class="beacon" src="(/i/[^"]+)"', page)
+    if click is None or beacon is None:
+        return {}
+    return {
+        "click": environ_for("GET", click[1], BROWSER),
+        "beacon": environ_for("GET", beacon[1], BROWSER),
+    }
 
 
 def requests(work: Path) -> dict[str, object]:
@@ -165,6 +190,7 @@ def main() -> None:
 
     handler = build_application()
     catalogue = requests(args.work)
+    catalogue.update(delivery_requests(handler, catalogue["embed"]))
     for name in args.rows:
         template = catalogue[name]
         statuses = {call(handler, template) for _ in range(20)}  # warm the caches
@@ -185,7 +211,9 @@ def main() -> None:
                 call(handler, template)
             profiler.disable()
             out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(40)
+            pstats.Stats(profiler, stream=out).sort_stats(
+                os.environ.get("PROFILE_SORT", "cumulative")
+            ).print_stats(int(os.environ.get("PROFILE_LINES", "40")))
             print(out.getvalue())
         if args.sample:
             from pyinstrument import Profiler

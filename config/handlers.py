@@ -35,7 +35,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler, get_path_info
-from django.urls import Resolver404, get_resolver
+from django.urls import Resolver404, ResolverMatch, URLResolver, get_resolver
+from django.urls.resolvers import RegexPattern
 
 SERVING_PREFIXES = ("/api/", "/embed/", "/embed.js", "/img/", "/c/", "/i/")
 SERVING_URLCONF = "adspace.serving_urls"
@@ -58,6 +59,10 @@ BARE_MIDDLEWARE = (
     "django.middleware.common.CommonMiddleware",
 )
 
+# Where PathDispatch leaves the match it found for the slim handler it chose, so that handler
+# does not resolve the same path again (a WSGI environ key, like a server's own extensions).
+MATCH_KEY = "adspace.resolver_match"
+
 # Django reads the middleware list from settings inside load_middleware; it is swapped for the
 # slim handler's own list only while one is built (at start-up), one build at a time.
 _building = threading.Lock()
@@ -67,14 +72,52 @@ def serving_middleware() -> list[str]:
     return [m for m in settings.MIDDLEWARE if m not in PAGE_ONLY_MIDDLEWARE]
 
 
-class SlimHandler(WSGIHandler):
-    """A WSGI handler with its own middleware list that resolves only its own URL patterns."""
+_REGEX_SPECIAL = frozenset(".^$*+?{}[]\\|()")
 
-    def __init__(self, middleware: Iterable[str], urlconf: str):
+
+def _literal_start(pattern) -> str:
+    """The text every path a URL pattern matches starts with (as far as is easy to tell)."""
+    text = str(pattern.pattern)
+    if isinstance(pattern.pattern, RegexPattern):
+        text = text.removeprefix("^")
+        end = next((i for i, c in enumerate(text) if c in _REGEX_SPECIAL), len(text))
+    else:  # a route: literal up to its first <converter>
+        end = text.find("<") if "<" in text else len(text)
+    return text[:end]
+
+
+def _resolvers_by_prefix(resolver: URLResolver, prefixes: Sequence[str]):
+    """(prefix, resolver of only the patterns that can match a path starting with it), so a
+    path is tried against its own few patterns rather than all of them. Each keeps the order of
+    the whole list, so the first pattern that matches is the same one."""
+    found = []
+    for prefix in prefixes:
+        head = prefix.removeprefix("/")
+        patterns = [
+            p
+            for p in resolver.url_patterns
+            if (start := _literal_start(p)).startswith(head) or head.startswith(start)
+        ]
+        found.append((prefix, URLResolver(RegexPattern(r"^/"), patterns)))
+    return tuple(found)
+
+
+class SlimHandler(WSGIHandler):
+    """A WSGI handler with its own middleware list that resolves only its own URL patterns
+    (with `prefixes`, only those a path's prefix can match)."""
+
+    def __init__(self, middleware: Iterable[str], urlconf: str, prefixes: Sequence[str] = ()):
         self.middleware = list(middleware)
         self.urlconf = urlconf
         self.resolver = get_resolver(urlconf)
+        self._by_prefix = _resolvers_by_prefix(self.resolver, prefixes)
         super().__init__()
+
+    def _resolver_for(self, path: str) -> URLResolver:
+        for prefix, resolver in self._by_prefix:
+            if path.startswith(prefix):
+                return resolver
+        return self.resolver
 
     def load_middleware(self, is_async: bool = False) -> None:
         with _building:
@@ -85,17 +128,23 @@ class SlimHandler(WSGIHandler):
             finally:
                 settings.MIDDLEWARE = full
 
-    def serves(self, path: str) -> bool:
+    def match(self, path: str) -> ResolverMatch | None:
         try:
-            self.resolver.resolve(path)
+            return self._resolver_for(path).resolve(path)
         except Resolver404:
-            return False
-        return True
+            return None
+
+    def serves(self, path: str) -> bool:
+        return self.match(path) is not None
 
     def resolve_request(self, request):
         # Not request.urlconf: that would also make reverse() and the error pages use these
         # few patterns, and the views link to pages (the campaign a placeholder advertises).
-        match = self.resolver.resolve(request.path_info)
+        found = request.META.pop(MATCH_KEY, None)
+        if found is not None and found[0] is self:
+            match = found[1]
+        else:  # called without PathDispatch (or it chose another handler)
+            match = self._resolver_for(request.path_info).resolve(request.path_info)
         request.resolver_match = match
         return match
 
@@ -110,8 +159,12 @@ class PathDispatch:
     def handler_for(self, environ: dict) -> Callable:
         path = get_path_info(environ) or "/"
         for prefixes, handler in self.routes:
-            if path.startswith(prefixes) and handler.serves(path):
-                return handler
+            if path.startswith(prefixes):
+                match = handler.match(path)
+                if match is not None:
+                    # The path the handler routes on is this one (WSGIRequest.path_info).
+                    environ[MATCH_KEY] = (handler, match)
+                    return handler
         return self.full
 
     def __call__(self, environ, start_response):
@@ -120,7 +173,8 @@ class PathDispatch:
 
 def build_application(serving_urlconf: str = SERVING_URLCONF) -> PathDispatch:
     """The site's WSGI application (Django must be set up). Reads the settings once, now."""
-    routes = [(SERVING_PREFIXES, SlimHandler(serving_middleware(), serving_urlconf))]
+    serving = SlimHandler(serving_middleware(), serving_urlconf, SERVING_PREFIXES)
+    routes = [(SERVING_PREFIXES, serving)]
     if settings.BENCH_FLOOR:
-        routes.append((BARE_PREFIXES, SlimHandler(BARE_MIDDLEWARE, BARE_URLCONF)))
+        routes.append((BARE_PREFIXES, SlimHandler(BARE_MIDDLEWARE, BARE_URLCONF, BARE_PREFIXES)))
     return PathDispatch(WSGIHandler(), routes)

@@ -97,6 +97,15 @@ def test_a_token_replayed_after_its_slot_and_grace_is_a_404(client, store, clock
     assert counted(store, stats.CLICKS, day="2023-11-15") == 1
 
 
+def test_a_token_accepted_before_the_secret_changed_is_refused_after(client, store, sold, settings):
+    path = click_path(client)
+    assert view(client, path).status_code == 302
+    settings.SECRET_KEY = "a rotated secret " * 4
+    assert view(client, path).status_code == 404
+    stats.flush()
+    assert counted(store, stats.CLICKS) == 1
+
+
 def test_a_rejected_ads_click_is_a_404_with_the_campaign(client, store, clock, settings):
     settings.REVIEW_HOURS = 24
     make_world(store, clock)

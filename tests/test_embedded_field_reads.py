@@ -71,3 +71,15 @@ def test_the_cache_is_bounded(path, monkeypatch):
         store.insert(f"k{i}", {"a": i})
         assert store.get_fields(f"k{i}", ["a"]).value == {"a": i}
     assert len(store._fields) <= 5
+
+
+def test_scalar_fields_changed_by_a_caller_are_not_what_the_next_caller_gets(path):
+    store = EmbeddedStore(path)
+    store.insert("k", {"a": "key", "b": 7})
+    first = store.get_fields("k", ["a", "b"]).value
+    first["a"] = "changed"
+    del first["b"]
+    again = store.get_fields("k", ["a", "b"]).value
+    assert again == {"a": "key", "b": 7}
+    again["b"] = 8
+    assert store.get_fields("k", ["a", "b"]).value == {"a": "key", "b": 7}

@@ -3,6 +3,8 @@ counted apart as API fetches; bots, prefetches and floods are not counted."""
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from adspace import delivery, gateway, review, stats
@@ -111,10 +113,14 @@ def test_a_rejected_ads_beacon_is_not_counted(client, store, clock, settings):
         {"HTTP_USER_AGENT": "Mozilla/5.0 (compatible; bingbot/2.0)"},
         {"HTTP_USER_AGENT": "Mozilla/5.0 (X11) HeadlessChrome/120.0 Safari/537.36"},
         {"HTTP_USER_AGENT": "python-requests/2.31"},
+        {"HTTP_USER_AGENT": "Mozilla/5.0 (compatible; GoogleBOT/2.1)"},
+        # Outside ASCII the case-insensitive match still holds (long s, U+017F, folds to "s").
+        {"HTTP_USER_AGENT": "Mozilla/5.0 (compatible; \u017fpider/1.0; ä)"},
         {"HTTP_USER_AGENT": ""},
         {"HTTP_SEC_PURPOSE": "prefetch"},
         {"HTTP_PURPOSE": "prefetch"},
         {"HTTP_X_MOZ": "prefetch"},
+        {"HTTP_X_PURPOSE": "Preview"},
     ],
 )
 def test_bots_and_prefetches_get_the_pixel_but_are_not_counted(client, store, sold, headers):
@@ -173,3 +179,22 @@ def test_counts_fall_on_the_utc_day_of_the_view(client, store, clock, sold):
     stats.flush()
     assert counted(store, stats.IMPRESSIONS, day="2023-11-15") == 1
     assert counted(store, stats.IMPRESSIONS, day="2023-11-14") == 0
+
+
+def test_a_browser_with_a_non_ascii_user_agent_is_counted(client, store, sold):
+    response = view(client, beacon_path(client), HTTP_USER_AGENT="Mozilla/5.0 (X11; ü) Firefox/1")
+    assert response.status_code == 200
+    stats.flush()
+    assert counted(store, stats.IMPRESSIONS) == 1
+
+
+def test_the_token_mac_is_djangos_salted_hmac_under_the_current_secret(settings):
+    from django.utils.crypto import salted_hmac
+
+    for secret in ("one secret", "another secret"):
+        settings.SECRET_KEY = secret
+        for kind in (delivery.CLICK, delivery.IMPRESSION):
+            expected = salted_hmac(f"adspace.delivery.{kind}", "sam-0-1-2-3", algorithm="sha256")
+            assert delivery._mac(kind, "sam-0-1-2-3") == (
+                base64.urlsafe_b64encode(expected.digest()[:16]).decode().rstrip("=")
+            )

@@ -175,10 +175,12 @@ SERVING_REQUESTS = {
     "image other extension": ("GET", f"/img/{SHA}.gif", {}),
     "image post": ("POST", f"/img/{SHA}.png", {}),
     "image body too large": ("GET", f"/img/{SHA}.png", {}, {"CONTENT_LENGTH": str(10**8)}),
+    "image length not a number": ("GET", f"/img/{SHA}.png", {}, {"CONTENT_LENGTH": "12x"}),
     "click": ("GET", "/c/{click}", {"User-Agent": BROWSER_AGENT}),
     "click by a bot": ("GET", "/c/{click}", {"User-Agent": "Googlebot/2.1"}),
     "click forged": ("GET", "/c/sam-0-0-1-9999999999.forged", {}),
     "click post": ("POST", "/c/{click}", {}),
+    "click delete": ("DELETE", "/c/{click}", {}),
     "beacon": ("GET", "/i/{beacon}", {"User-Agent": BROWSER_AGENT}),
     "beacon prefetch": (
         "GET",
@@ -217,6 +219,19 @@ def test_the_wsgi_application_dispatches_by_path_with_slim_serving_middleware():
         "accounts.unavailable.StoreUnavailableMiddleware",
     ):
         assert needed in middleware
+
+
+@pytest.mark.parametrize("name", sorted(SERVING_REQUESTS))
+def test_a_serving_path_resolves_by_its_prefix_to_what_all_the_patterns_give(app, world, name):
+    environ = serving_environ(name, world, None)
+    by_prefix = slim(app).match(environ["PATH_INFO"])
+    whole = resolve(environ["PATH_INFO"], urlconf=handlers.SERVING_URLCONF)
+    assert (by_prefix.func, by_prefix.args, by_prefix.kwargs, by_prefix.url_name) == (
+        whole.func,
+        whole.args,
+        whole.kwargs,
+        whole.url_name,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SERVING_REQUESTS))

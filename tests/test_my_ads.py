@@ -220,6 +220,34 @@ def test_the_image_view_serves_the_stored_bytes_with_long_caching(me, client, st
     assert again.status_code == 304
 
 
+def test_an_image_served_again_from_memory_is_the_same_answer(me, client, store):
+    me.post(NEW, form())
+    sha = gateway.get_filler(store, "buyer", 0)["image"]
+    client.logout()
+    first, second = client.get(f"/img/{sha}.png"), client.get(f"/img/{sha}.png")
+    assert second.status_code == 200 and second.content == first.content
+    assert second.headers == first.headers
+    # The remembered image still answers only to its own extension.
+    assert client.get(f"/img/{sha}.gif").status_code == 404
+
+
+def test_the_image_memory_keeps_at_most_its_byte_budget():
+    from adspace.serving import ByteBoundedCache
+
+    memory = ByteBoundedCache(size=100, max_bytes=1000)
+    for i in range(5):
+        memory.put(i, b"x" * 90, 90)
+    assert memory.total_bytes == 450
+    memory.put("big", b"x" * 101, 101)  # over a tenth of the budget: never kept
+    assert memory.get("big") is None
+    for i in range(5, 20):
+        memory.put(i, b"x" * 90, 90)
+    assert memory.total_bytes <= 1000 and len(memory) == 11
+    assert memory.get(0) is None and memory.get(19) is not None  # the oldest went first
+    memory.clear()
+    assert memory.total_bytes == 0 and len(memory) == 0
+
+
 @pytest.mark.parametrize(
     "path",
     [

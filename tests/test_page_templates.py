@@ -121,3 +121,37 @@ def test_the_pager_links_the_neighbours_and_with_ends_the_first_and_last_pages()
     assert "Oldest" not in first
     alone = Paginator(range(5), 10).page(1)
     assert "<nav" not in render(pager + '{{ pager(p, "Pages", "a", "b") }}', p=alone)
+
+
+@pytest.mark.parametrize("fmt", ["c", "Y-m-d H:i:s", "Y-m-d", "H:i"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 12, 4, 21, 5, 9, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=UTC),
+        datetime(987, 6, 7, 8, 9, 10),  # naive, and a year under 1000
+    ],
+)
+def test_the_date_filter_writes_what_djangos_does(value, fmt):
+    from django.utils import dateformat
+
+    from accounts.templating import date
+
+    assert date(value, fmt) == dateformat.format(value, fmt)
+
+
+def test_static_answers_what_djangos_static_answers_under_each_setting(settings):
+    from django.templatetags.static import static
+
+    for _ in range(2):  # the second time from the cache
+        assert render("{{ static('css/site.css') }}") == static("css/site.css")
+    settings.STATIC_URL = "/assets/"
+    assert render("{{ static('css/site.css') }}") == "/assets/css/site.css"
+    settings.STATIC_URL = "assets/"  # relative: under the script prefix
+    try:
+        set_script_prefix("/market/")
+        assert render("{{ static('css/site.css') }}") == static("css/site.css")
+        assert render("{{ static('css/site.css') }}").startswith("/market/assets/css/site")
+    finally:
+        set_script_prefix("/")
+    assert render("{{ static('css/site.css') }}") == static("css/site.css")

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adspace.pricing import (
+    _div_round_half_up,
     chart_svg,
     current_price,
     next_slot_index,
@@ -309,3 +310,33 @@ def test_the_chart_coordinates_stay_inside_the_picture() -> None:
         numbers = [int(n) for n in re.findall(r"-?\d+", root.find(f"{SVG}polyline").get("points"))]
         xs, ys = numbers[0::2], numbers[1::2]
         assert all(0 <= x <= 600 for x in xs) and all(0 <= y <= 200 for y in ys)
+
+
+@given(st.integers(-(10**30), 10**30), st.integers(-(10**15), 10**15).filter(bool))
+def test_integer_rounding_is_the_exact_fraction_rounded_half_up(numerator, denominator) -> None:
+    exact = Fraction(numerator, denominator)
+    expected = (2 * exact.numerator + exact.denominator) // (2 * exact.denominator)
+    assert _div_round_half_up(numerator, denominator) == expected
+
+
+def test_integer_rounding_rounds_halves_up_on_both_sides_of_zero() -> None:
+    assert [_div_round_half_up(n, 2) for n in (-3, -1, 1, 3)] == [-1, 0, 1, 2]
+    assert _div_round_half_up(5, -2) == -2  # -2.5 rounds up to -2
+    with pytest.raises(ZeroDivisionError):
+        _div_round_half_up(1, 0)
+
+
+def test_a_remembered_chart_is_the_one_drawn_and_still_refuses_what_is_not_an_int() -> None:
+    from adspace.pricing import _draw_chart
+
+    now = T0 + 3600
+    first = chart_svg(MIN_PRICE, FIRST_SALE, now)
+    assert chart_svg(MIN_PRICE, dict(FIRST_SALE), now) == first
+    assert first == _draw_chart(MIN_PRICE, FIRST_SALE, now, 600, 200)
+    assert chart_svg(MIN_PRICE, FIRST_SALE, now + 1) != first  # the dot moved
+    with pytest.raises(TypeError):
+        chart_svg(MIN_PRICE, {**FIRST_SALE, "price": float(FIRST_SALE["price"])}, now)
+    with pytest.raises(TypeError):
+        chart_svg(float(MIN_PRICE), FIRST_SALE, now)
+    with pytest.raises(TypeError):
+        chart_svg(MIN_PRICE, None, True)

@@ -54,13 +54,17 @@ _COUNTER_SQL = (
     "INSERT INTO docs (key, value, cas) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE "
     "SET value = CAST(value AS INTEGER) + ?, cas = excluded.cas"
 )
-# get_fields answers kept per process (key and names -> CAS and field texts); cleared when full.
+# get_fields answers kept per process (key and names -> CAS, field texts, and the decoded values
+# when none can be changed by a caller: strings and numbers); cleared when full.
 _FIELDS_CACHE_SIZE = 4096
 _STATE_LOCK = threading.Lock()
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+_IMMUTABLE = (str, int, float, bool, type(None))
 
 
 def _decode_fields(names: tuple[str, ...], raws: list[str | None]) -> dict[str, Any]:
@@ -281,6 +285,8 @@ class EmbeddedStore(Store):
             if row is None:
                 raise NotFound(key)
             if row[0] == cached[0]:
+                if cached[2] is not None:  # immutable values: a fresh dict of them is enough
+                    return Doc(dict(cached[2]), cached[0])
                 return Doc(_decode_fields(names, cached[1]), cached[0])
         # `value -> '$.name'` is the field's JSON text, NULL when absent (and for every name when
         # the document is not an object). The paths are bound parameters; field_names allows no
@@ -294,8 +300,10 @@ class EmbeddedStore(Store):
         cas, *raws = row
         if len(self._fields) >= _FIELDS_CACHE_SIZE:
             self._fields.clear()
-        self._fields[(full_key, names)] = (cas, raws)
-        return Doc(_decode_fields(names, raws), cas)
+        value = _decode_fields(names, raws)
+        scalars = all(type(v) in _IMMUTABLE for v in value.values())
+        self._fields[(full_key, names)] = (cas, raws, dict(value) if scalars else None)
+        return Doc(value, cas)
 
     def get_multi(self, keys: Iterable[str]) -> dict[str, Doc]:
         keys = list(dict.fromkeys(keys))
