@@ -145,6 +145,7 @@ def _checked_token(kind: str, text: str) -> SlotRef:
 
 # --- the slot and its ad ------------------------------------------------------------------------
 
+REVIEW_FIELDS = ("reviewMode", "reviews")
 # Slots and ads are immutable once written (serving.BoundedCache): (store, key) -> document.
 _documents = serving.BoundedCache(8192)
 
@@ -162,7 +163,8 @@ def served_slot(store: Store, ref: SlotRef, now: int) -> dict:
     """The slot doc a valid token names, if its ad is being served; else NotCounted."""
     campaign_ref = (ref.owner, ref.n)
     try:
-        campaign = gateway.get_campaign(store, ref.owner, ref.n).value
+        # Only what review needs: the campaign doc itself grows with its history.
+        campaign = store.get_fields(gateway.campaign_key(ref.owner, ref.n), REVIEW_FIELDS).value
         slot = _immutable(store, gateway.slot_key(ref.owner, ref.n, ref.k))
     except NotFound:
         raise NotCounted(404, UNKNOWN, campaign_ref) from None

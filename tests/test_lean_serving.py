@@ -320,6 +320,42 @@ def test_serving_answers_are_the_full_stacks_to_the_byte(
     assert "Cookie" not in headers_of(lean).get("vary", "")
 
 
+def test_serving_answers_skip_the_request_signals_that_pages_still_send(app, world):
+    from django.core import signals
+
+    seen = []
+
+    def started(sender, **kwargs):
+        seen.append("started")
+
+    def finished(sender, **kwargs):
+        seen.append("finished")
+
+    signals.request_started.connect(started)
+    signals.request_finished.connect(finished)
+    try:
+        for name in ("api live ad", "embed live ad", "image", "click", "beacon", "api post"):
+            reply = answer(app, serving_environ(name, world, None))
+            assert reply["status"][:3] in ("200", "302", "405")
+        assert seen == []
+        answer(app, environ_for("GET", "/accounts/login/"))
+        assert seen == ["started", "finished"]
+    finally:
+        signals.request_started.disconnect(started)
+        signals.request_finished.disconnect(finished)
+
+
+def test_a_serving_answer_still_closes_what_the_request_opened(app, world, monkeypatch):
+    from django.core.handlers.wsgi import WSGIRequest
+
+    closed = []
+    original = WSGIRequest.close
+    monkeypatch.setattr(WSGIRequest, "close", lambda self: (closed.append(1), original(self)))
+    body = app(serving_environ("embed live ad", world, None), lambda status, headers: None)
+    assert closed == [1]  # closed before the body is handed over; nothing left to close later
+    assert isinstance(body, list) and b"<" in body[0]
+
+
 def test_the_cookie_check_would_catch_a_page_setting_one(app):
     login = answer(app, environ_for("GET", "/accounts/login/"))
     assert "csrftoken=" in headers_of(login)["set-cookie"]
