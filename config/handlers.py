@@ -102,6 +102,10 @@ def _resolvers_by_prefix(resolver: URLResolver, prefixes: Sequence[str]):
     return tuple(found)
 
 
+MATCH_CACHE_SIZE = 4096
+_NO_MATCH = object()
+
+
 class SlimHandler(WSGIHandler):
     """A WSGI handler with its own middleware list that resolves only its own URL patterns
     (with `prefixes`, only those a path's prefix can match)."""
@@ -112,12 +116,18 @@ class SlimHandler(WSGIHandler):
         urlconf: str,
         prefixes: Sequence[str] = (),
         request_signals: bool = True,
+        remember_matches: bool = False,
     ):
         self.middleware = list(middleware)
         self.urlconf = urlconf
         self.resolver = get_resolver(urlconf)
         self._by_prefix = _resolvers_by_prefix(self.resolver, prefixes)
         self.request_signals = request_signals
+        # path -> its ResolverMatch, or _NO_MATCH. Resolving builds two ResolverMatch objects (~15
+        # us, as much as the view's store read); a seller's site asks for the same few paths
+        # again and again. Bounded: emptied when full, so a flood of distinct paths costs only
+        # the resolving it would have cost anyway. A match is only read after it is made.
+        self._matches: dict[str, object] | None = {} if remember_matches else None
         super().__init__()
 
     def __call__(self, environ, start_response):
@@ -164,10 +174,18 @@ class SlimHandler(WSGIHandler):
                 settings.MIDDLEWARE = full
 
     def match(self, path: str) -> ResolverMatch | None:
-        try:
-            return self._resolver_for(path).resolve(path)
-        except Resolver404:
-            return None
+        matches = self._matches
+        found = None if matches is None else matches.get(path)
+        if found is None:
+            try:
+                found = self._resolver_for(path).resolve(path)
+            except Resolver404:
+                found = _NO_MATCH
+            if matches is not None:
+                if len(matches) >= MATCH_CACHE_SIZE:
+                    matches.clear()
+                matches[path] = found
+        return None if found is _NO_MATCH else found
 
     def serves(self, path: str) -> bool:
         return self.match(path) is not None
@@ -209,7 +227,11 @@ class PathDispatch:
 def build_application(serving_urlconf: str = SERVING_URLCONF) -> PathDispatch:
     """The site's WSGI application (Django must be set up). Reads the settings once, now."""
     serving = SlimHandler(
-        serving_middleware(), serving_urlconf, SERVING_PREFIXES, request_signals=False
+        serving_middleware(),
+        serving_urlconf,
+        SERVING_PREFIXES,
+        request_signals=False,
+        remember_matches=True,
     )
     routes = [(SERVING_PREFIXES, serving)]
     if settings.BENCH_FLOOR:

@@ -356,6 +356,22 @@ def test_a_serving_answer_still_closes_what_the_request_opened(app, world, monke
     assert isinstance(body, list) and b"<" in body[0]
 
 
+def test_the_serving_handler_remembers_matches_within_a_bound(app, world, monkeypatch):
+    handler = slim(app)
+    monkeypatch.setattr(handlers, "MATCH_CACHE_SIZE", 8)
+    handler._matches.clear()
+    first = handler.match("/embed/sam/0")
+    assert handler.match("/embed/sam/0") is first  # resolved once
+    assert handler.match("/embed/sam/0/extra") is None  # a miss is remembered as a miss
+    assert app.handler_for(environ_for("GET", "/embed/sam/0/extra")) is app.full
+    for i in range(100):  # a flood of distinct paths
+        handler.match(f"/embed/flood/{i}")
+        assert len(handler._matches) <= 8
+    assert handler.match("/embed/sam/0").func is first.func
+    # The bare floor resolves as Django does, every time.
+    assert handlers.SlimHandler(handlers.BARE_MIDDLEWARE, handlers.BARE_URLCONF)._matches is None
+
+
 def test_the_cookie_check_would_catch_a_page_setting_one(app):
     login = answer(app, environ_for("GET", "/accounts/login/"))
     assert "csrftoken=" in headers_of(login)["set-cookie"]
