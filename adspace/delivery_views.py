@@ -16,7 +16,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
-from docstore import TemporaryFailure, get_clock, get_store
+from docstore import Store, TemporaryFailure, get_clock, get_store
 
 from . import delivery, stats
 
@@ -52,6 +52,20 @@ def _click_page(status: int, message: str, campaign: tuple[str, int] | None) -> 
     return _no_store(response)
 
 
+_STAT_OF = {delivery.CLICK: stats.CLICKS, delivery.IMPRESSION: stats.IMPRESSIONS}
+
+
+def _count(request: HttpRequest, store: Store, kind: str, ref: delivery.SlotRef, now: int) -> bool:
+    """Count a person's GET of a served slot (a bot's, a prefetch or a HEAD is answered alike,
+    uncounted); False when the client is past its allowance (then nothing is counted)."""
+    if request.method != "GET" or not delivery.is_person(request):
+        return True
+    if not delivery.within_budget(request, kind, ref, now):
+        return False
+    stats.record(store, ref.owner, ref.n, ref.k, now, _STAT_OF[kind])
+    return True
+
+
 # Exempt: a POST gets the view's own 405 on both request paths (the slim one has no CSRF check).
 @csrf_exempt
 def click(request: HttpRequest, token: str) -> HttpResponse:
@@ -75,10 +89,8 @@ def click(request: HttpRequest, token: str) -> HttpResponse:
         # Ads are stored with an absolute http(s) URL (adspace.forms); anything else goes nowhere.
         log.error("ad of slot %s/%s#%s has an unusable URL", ref.owner, ref.n, ref.k)
         return _click_page(404, delivery.UNKNOWN, (ref.owner, ref.n))
-    if request.method == "GET" and delivery.is_person(request):
-        if not delivery.within_budget(request, delivery.CLICK, ref, now):
-            return _click_page(429, TOO_MANY_CLICKS, (ref.owner, ref.n))
-        stats.record(store, ref.owner, ref.n, ref.k, now, stats.CLICKS)
+    if not _count(request, store, delivery.CLICK, ref, now):
+        return _click_page(429, TOO_MANY_CLICKS, (ref.owner, ref.n))
     return _no_store(HttpResponseRedirect(url))
 
 
@@ -106,10 +118,8 @@ def impression(request: HttpRequest, token: str) -> HttpResponse:
     except TemporaryFailure:
         log.warning("docstore unavailable for a beacon", exc_info=True)
         return _beacon_answer(503, UNAVAILABLE.encode())
-    if request.method == "GET" and delivery.is_person(request):
-        if not delivery.within_budget(request, delivery.IMPRESSION, ref, now):
-            return _beacon_answer(429, b"Too many impressions from this address.")
-        stats.record(store, ref.owner, ref.n, ref.k, now, stats.IMPRESSIONS)
+    if not _count(request, store, delivery.IMPRESSION, ref, now):
+        return _beacon_answer(429, b"Too many impressions from this address.")
     return _beacon_answer(200, PIXEL, "image/gif")
 
 

@@ -187,9 +187,6 @@ class SlimHandler(WSGIHandler):
                 matches[path] = found
         return None if found is _NO_MATCH else found
 
-    def serves(self, path: str) -> bool:
-        return self.match(path) is not None
-
     def resolve_request(self, request):
         # Not request.urlconf: that would also make reverse() and the error pages use these
         # few patterns, and the views link to pages (the campaign a placeholder advertises).

@@ -154,7 +154,10 @@ def make_world_store(tmp_path):
 OPEN_WORLDS = 64
 # The fault runners' full products on the embedded store; on Couchbase every point still crashes,
 # with the recovery's fault modes and the rival's stops rotated (tests/harness.py).
-FULL_FAULT_MATRIX = os.environ.get("TEST_FAULT_MATRIX", "") == "full" or not ON_COUCHBASE
+_MATRIX = os.environ.get("TEST_FAULT_MATRIX") or ("rotated" if ON_COUCHBASE else "full")
+if _MATRIX not in ("full", "rotated"):
+    raise ValueError(f"TEST_FAULT_MATRIX must be full or rotated, not {_MATRIX!r}")
+FULL_FAULT_MATRIX = _MATRIX == "full"
 
 
 @pytest.fixture

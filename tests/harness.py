@@ -173,6 +173,7 @@ def finish_and_check(scenario: Scenario, world: World, label: str) -> None:
 
 def run_crash_points(scenario: Scenario, make_store: Callable[[], Store], levels: int = 2) -> int:
     """Crash the flow at every call (and recovery at every call of its own). Returns runs made."""
+    full = full_matrix(make_store)
     probe = new_world(scenario, make_store)
     flow_calls = count_calls(
         scenario, lambda s: scenario.flow(s, probe.clock, probe.ctx), probe.store
@@ -200,7 +201,7 @@ def run_crash_points(scenario: Scenario, make_store: Callable[[], Store], levels
                 scenario, lambda s, w=probe: scenario.recover(s, w.clock), probe.store
             )
             for j in range(recovery_calls):
-                for rmode in recovery_modes(i, mode, j, full_matrix(make_store)):
+                for rmode in recovery_modes(i, mode, j, full):
                     world = crashed_world(i, mode)
                     hooked = HookedStore(world.store, FaultAt(j, rmode))
                     run_guarded(scenario, lambda w=world, h=hooked: scenario.recover(h, w.clock))
@@ -231,6 +232,7 @@ def run_lease_matrix(
     rivals: dict[str, Callable[[Store, FixedClock, Any], Any]],
 ) -> int:
     """Owner paused past its lease before call k while a rival makes j calls, for every k, j."""
+    full = full_matrix(make_store)
     probe = new_world(scenario, make_store)
     owner_calls = count_calls(
         scenario, lambda s: scenario.flow(s, probe.clock, probe.ctx), probe.store
@@ -261,7 +263,7 @@ def run_lease_matrix(
                 scenario, lambda s, w=world, r=rival: r(s, w.clock, w.ctx), world.store
             )
             g.switch()
-            for j in rival_stops(k, rival_calls, full_matrix(make_store)):
+            for j in rival_stops(k, rival_calls, full):
                 world, g, pause = paused_world(k)
                 assert pause.paused, f"{scenario.name}: owner never reached call {k}"
                 hooked = HookedStore(world.store, FaultAt(j if j < rival_calls else None))

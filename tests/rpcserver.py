@@ -93,6 +93,19 @@ class Wallet:
     options: tuple = ()
 
 
+def _amount_sats(amount) -> int:
+    """An RPC amount in BTC (a string or number, at most 8 decimals) as sats, as Core parses it."""
+    if isinstance(amount, bool) or not isinstance(amount, str | int | Decimal):
+        raise RPCError(-3, "Amount is not a number or string")
+    try:
+        value = Decimal(amount)
+    except InvalidOperation:
+        raise RPCError(-3, "Invalid amount") from None
+    if value.as_tuple().exponent < -8:
+        raise RPCError(-3, "Invalid amount")
+    return int(value * SATS)
+
+
 class FakeBitcoind:
     def __init__(self, user: str = "rpcuser", password: str = "rpc-pass-1"):  # noqa: S107
         self.user, self.password = user, password
@@ -581,19 +594,11 @@ class FakeBitcoind:
         return entries[max(0, end - count) : max(0, end)]
 
     def rpc_sendtoaddress(self, wallet: Wallet, address, amount, comment="", *rest):
-        if isinstance(amount, bool) or not isinstance(amount, str | int | Decimal):
-            raise RPCError(-3, "Amount is not a number or string")
-        try:
-            value = Decimal(amount)
-        except InvalidOperation:
-            raise RPCError(-3, "Invalid amount") from None
-        if value.as_tuple().exponent < -8:
-            raise RPCError(-3, "Invalid amount")
+        sats = _amount_sats(amount)
         try:
             validate_address(address, "regtest")
         except AddressError:
             raise RPCError(-5, f"Invalid Bitcoin address: {address}") from None
-        sats = int(value * SATS)
         if sats <= 0:
             raise RPCError(-3, "Amount out of range")
         if wallet.watch_only:
@@ -619,15 +624,7 @@ class FakeBitcoind:
                 validate_address(address, "regtest")
             except AddressError:
                 raise RPCError(-5, f"Invalid Bitcoin address: {address}") from None
-            if isinstance(amount, bool) or not isinstance(amount, str | int | Decimal):
-                raise RPCError(-3, "Amount is not a number or string")
-            try:
-                value = Decimal(amount)
-            except InvalidOperation:
-                raise RPCError(-3, "Invalid amount") from None
-            if value.as_tuple().exponent < -8:
-                raise RPCError(-3, "Invalid amount")
-            sats = int(value * SATS)
+            sats = _amount_sats(amount)
             if sats <= 0:
                 raise RPCError(-3, "Invalid amount for send")
             outputs.append((address, sats))
