@@ -406,6 +406,9 @@ class DownStore:
     def get_multi(self, keys):
         raise TemporaryFailure("couchbase timed out")
 
+    def get_several(self, reads):
+        raise TemporaryFailure("couchbase timed out")
+
 
 def test_a_docstore_outage_is_a_json_503(client, world, key):
     docstore.set_store(DownStore())

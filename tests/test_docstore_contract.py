@@ -586,6 +586,52 @@ def test_get_fields_cas_is_the_current_one_and_a_replace_with_it_succeeds(kv):
         kv.replace("acct", ACCOUNT, got.cas)
 
 
+# -- get_several -----------------------------------------------------------------------------------
+
+
+def test_get_several_gives_whole_documents_and_fields_in_order_with_none_for_absent(kv):
+    account_cas = kv.insert("acct", ACCOUNT)
+    campaign_cas = kv.insert("camp", {"minPrice": 1000, "last": None})
+    got = kv.get_several([("acct", ("apiKey", "lock")), ("missing", None), ("camp", None)])
+    assert got == [
+        Doc({"apiKey": "k-123", "lock": None}, account_cas),
+        None,
+        Doc({"minPrice": 1000, "last": None}, campaign_cas),
+    ]
+    assert kv.get_several([("missing", ("apiKey",))]) == [None]
+    # The same read twice, and fields the document lacks, as get_fields gives them.
+    again = kv.get_several([("acct", ["missing"]), ("acct", ["apiKey"]), ("acct", ["apiKey"])])
+    assert again == [Doc({}, account_cas)] + [Doc({"apiKey": "k-123"}, account_cas)] * 2
+
+
+def test_get_several_sees_every_change_after_a_read_it_already_made(kv):
+    reads = [("acct", ("apiKey",)), ("camp", None)]
+    stale = kv.insert("acct", ACCOUNT)
+    kv.insert("camp", {"n": 1})
+    assert kv.get_several(reads)[0].value == {"apiKey": "k-123"}
+    kv.get_fields("acct", ["apiKey"])
+    current = kv.replace("acct", {**ACCOUNT, "apiKey": "k-456"}, stale)
+    camp = kv.get("camp")
+    camp_cas = kv.replace("camp", {"n": 2}, camp.cas)
+    assert kv.get_several(reads) == [Doc({"apiKey": "k-456"}, current), Doc({"n": 2}, camp_cas)]
+    kv.remove("acct", current)
+    assert kv.get_several(reads)[0] is None
+    # A value a caller changes is its own copy.
+    kv.insert("acct", ACCOUNT)
+    kv.get_several(reads)[0].value["apiKey"] = "changed"
+    assert kv.get_several(reads)[0].value["apiKey"] == "k-123"
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [[], [("a", None)] * 9, [("a", "apiKey")], [("a", ())], [("a", ["bad name"])]],
+    ids=["none", "too-many", "bare-string", "no-fields", "bad-name"],
+)
+def test_get_several_refuses_malformed_reads(kv, reads):
+    with pytest.raises((ValueError, TypeError)):
+        kv.get_several(reads)
+
+
 def as_gocaves_reads(value):
     """What gocaves' sub-document engine answers: it holds numbers as 64-bit floats and writes
     them back with the float's shortest digits, so integers beyond 2^53 come back rounded

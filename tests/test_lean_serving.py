@@ -213,7 +213,7 @@ def test_the_wsgi_application_dispatches_by_path_with_slim_serving_middleware():
     assert not set(middleware) & handlers.PAGE_ONLY_MIDDLEWARE
     for needed in (
         "django.middleware.security.SecurityMiddleware",
-        "accounts.security.ContentSecurityPolicyMiddleware",
+        "accounts.security.SiteSecurityMiddleware",
         "django.middleware.common.CommonMiddleware",
         "django.middleware.clickjacking.XFrameOptionsMiddleware",
         "accounts.unavailable.StoreUnavailableMiddleware",

@@ -78,6 +78,10 @@ class CountingStore:
         self.reads.extend(k.split("::")[0] for k in keys)
         return self.inner.get_multi(keys)
 
+    def get_several(self, reads):
+        self.reads.extend(key.split("::")[0] for key, _ in reads)
+        return self.inner.get_several(reads)
+
 
 # --- what is decided on every request -----------------------------------------------------------
 

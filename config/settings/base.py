@@ -57,11 +57,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "accounts.security.ContentSecurityPolicyMiddleware",
-    "accounts.security.AllowedMethodsMiddleware",
-    "accounts.security.RequestBodyLimitMiddleware",
+    "accounts.security.SiteSecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "accounts.security.PrivatePagesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -149,7 +146,7 @@ STORAGES = {
 }
 
 # Every request body is capped from its declared length before anything reads it
-# (accounts.security.RequestBodyLimitMiddleware); the ad upload's view allows its image (2 MB).
+# (accounts.security.SiteSecurityMiddleware); the ad upload's view allows its image (2 MB).
 MAX_REQUEST_BODY_BYTES = env.int("MAX_REQUEST_BODY_BYTES", default=64 * 1024)
 # Form fields (everything but files) are held in memory: no form here needs more.
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
