@@ -183,7 +183,26 @@ class FakeCollection:
         return self._run("remove", key, opts, op)
 
     def binary(self):
-        return SimpleNamespace(increment=self._increment)
+        return SimpleNamespace(increment=self._increment, increment_multi=self._increment_multi)
+
+    def _increment_multi(self, keys, opts):
+        """As the SDK: every key's increment at once, each key's error in `exceptions` (a fault
+        queued for "increment_multi" and a key fails that key alone, applied or not)."""
+        with self._lock:
+            self.calls.append(("increment_multi", list(keys), opts))
+            results, exceptions = {}, {}
+            for key in keys:
+                exc, applied = self._fault("increment_multi", key)
+                if exc is None or applied:
+                    if key in self.docs:
+                        value = int(json.loads(self.docs[key][0])) + int(opts["delta"])
+                    else:
+                        value = int(opts["initial"])
+                    self.docs[key] = (str(value), next(self._cas))
+                    results[key] = FakeResult(self.docs[key][1], content=value)
+                if exc is not None:
+                    exceptions[key] = exc(key)
+            return FakeMulti(results, exceptions)
 
     def _increment(self, key, opts):
         def op():
@@ -573,6 +592,40 @@ def test_ambiguous_counter_raises_ambiguous_and_is_not_repeated(kv, fake, applie
         kv.counter("n")
     assert fake.count("increment") == 2
     assert kv.get("n").value == (2 if applied else 1)
+
+
+def test_counter_multi_sends_each_delta_group_at_once_in_bounded_chunks(kv, fake):
+    deltas = {f"c{i}": 1 for i in range(2500)} | {"two": 2, "three": 3, "also-two": 2}
+    assert kv.counter_multi(deltas) == {}
+    assert kv.counter_multi({"c0": 4, "two": 1}) == {}
+    values = {k.removeprefix("t1::"): int(v) for k, (v, _) in fake.docs.items()}
+    assert values == deltas | {"c0": 5, "two": 3}
+    sent = [(len(keys), int(opts["delta"]), int(opts["initial"])) for op, keys, opts in fake.calls]
+    first = [(1000, 1, 1), (1000, 1, 1), (500, 1, 1), (2, 2, 2), (1, 3, 3)]
+    assert sent == [*first, (1, 4, 4), (1, 1, 1)]
+    assert fake.count("increment") == 0
+
+
+def test_counter_multi_repeats_only_what_was_not_applied_and_reports_the_unknown(kv, fake):
+    fake.fail("increment_multi", TemporaryFailException, key="t1::refused")
+    fake.fail("increment_multi", AmbiguousTimeoutException, applied=True, key="t1::landed")
+    fake.fail("increment_multi", AmbiguousTimeoutException, applied=False, key="t1::lost")
+    failed = kv.counter_multi({"ok": 1, "refused": 1, "landed": 1, "lost": 1})
+    assert {k: type(e) for k, e in failed.items()} == {"landed": Ambiguous, "lost": Ambiguous}
+    values = {k.removeprefix("t1::"): int(v) for k, (v, _) in fake.docs.items()}
+    assert values == {"ok": 1, "refused": 1, "landed": 1}  # an ambiguous add is never repeated
+    retried = [keys for op, keys, _ in fake.calls if op == "increment_multi"][1:]
+    assert retried == [["t1::refused"]]
+
+
+def test_counter_multi_that_stays_refused_is_a_temporary_failure_and_changes_nothing(kv, fake):
+    for _ in range(8):
+        fake.fail("increment_multi", TemporaryFailException, key="t1::n")
+    failed = kv.counter_multi({"n": 1, "m": 2})
+    assert list(failed) == ["n"] and isinstance(failed["n"], TemporaryFailure)
+    sent = [keys for op, keys, _ in fake.calls if op == "increment_multi"]
+    assert sent.count(["t1::n"]) == 8 and sent.count(["t1::m"]) == 1
+    assert {k: int(v) for k, (v, _) in fake.docs.items()} == {"t1::m": 2}
 
 
 # -- one cluster per process -----------------------------------------------------------------------

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -44,6 +45,7 @@ from couchbase.exceptions import (
 from couchbase.options import (
     DeltaValue,
     GetMultiOptions,
+    IncrementMultiOptions,
     IncrementOptions,
     InsertOptions,
     RemoveOptions,
@@ -57,9 +59,11 @@ from ..base import (
     Ambiguous,
     CasMismatch,
     Doc,
+    DocstoreError,
     NotFound,
     Store,
     TemporaryFailure,
+    check_deltas,
     field_names,
     retry_transient,
 )
@@ -99,6 +103,8 @@ MAYBE_APPLIED: tuple[type[BaseException], ...] = (
 _CAS_CONFLICT = (CasMismatchException, DocumentExistsException)
 
 _MULTI_CHUNK = 1000
+# Rounds of counter_multi for the increments the server refused (not applied), as retry_transient.
+_COUNTER_ATTEMPTS = 8
 _SETTLE_ATTEMPTS = 4
 # Seconds before a cluster that could not be reached is dialled again.
 _REDIAL_PAUSE = 2.0
@@ -441,6 +447,52 @@ class CouchbaseStore(Store):
         except MAYBE_APPLIED as exc:
             # A re-read cannot tell our increment from anyone else's.
             raise Ambiguous(key) from exc
+
+    def counter_multi(self, deltas: Mapping[str, int]) -> dict[str, DocstoreError]:
+        # The SDK's increment_multi sends a chunk's increments at once and waits for all of them
+        # (one call per key paid a round trip each: 30 000 counters took ~9 s on gocaves). Keys
+        # are grouped by their delta, which is also the initial value of a new counter.
+        check_deltas(deltas)
+        coll, plen = self._collection(), len(self.prefix)
+        failed: dict[str, DocstoreError] = {}
+        pending = dict(deltas)
+        delay = 0.005
+        for attempt in range(_COUNTER_ATTEMPTS):
+            again: dict[str, int] = {}
+            by_delta: dict[int, list[str]] = {}
+            for key, delta in pending.items():
+                by_delta.setdefault(int(delta), []).append(key)
+            for delta, keys in by_delta.items():
+                for start in range(0, len(keys), _MULTI_CHUNK):
+                    chunk = [self.prefix + k for k in keys[start : start + _MULTI_CHUNK]]
+                    opts = IncrementMultiOptions(
+                        delta=DeltaValue(delta),
+                        initial=SignedInt64(delta),
+                        return_exceptions=True,
+                        **self._durable(),
+                    )
+                    try:
+                        errors = coll.binary().increment_multi(chunk, opts).exceptions
+                    except NOT_APPLIED + MAYBE_APPLIED as exc:
+                        errors = dict.fromkeys(chunk, exc)
+                    for full, exc in errors.items():
+                        key = full[plen:]
+                        if isinstance(exc, NOT_APPLIED):
+                            again[key] = delta
+                        elif isinstance(exc, MAYBE_APPLIED):
+                            # A re-read cannot tell our increment from anyone else's.
+                            failed[key] = Ambiguous(key)
+                        else:
+                            raise exc
+            if not again:
+                return failed
+            pending = again
+            if attempt < _COUNTER_ATTEMPTS - 1:
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
+        for key in pending:
+            failed[key] = TemporaryFailure(f"{key}: the counter could not be reached")
+        return failed
 
     def close(self) -> None:
         self._cached = None
