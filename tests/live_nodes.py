@@ -41,6 +41,9 @@ def node_env(tmp_path: Path, database_url: str, cache_url: str) -> dict[str, str
         "DATABASE_URL": database_url,
         "CACHE_URL": cache_url,
         "LOG_LEVEL": "ERROR",
+        # Every browser here is 127.0.0.1: the throttles have their own tests.
+        "REGISTER_RATE_LIMIT": "1000",
+        "LOGIN_RATE_LIMIT": "1000",
     }
 
 
