@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-couchbase lint format bench soak clean
+.PHONY: install run test test-couchbase test-services lint format bench soak clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: install
 # The whole suite on Couchbase: gocaves on loopback, or the cluster at COUCHBASE_CONNSTR.
 test-couchbase: install
 	bin/test-couchbase
+
+# Sign-in, sessions, the user cache and the rate limits again on a real Redis and PostgreSQL,
+# started on loopback by the run (skipped, saying so, without redis-server or PostgreSQL).
+test-services: install
+	bin/test-services
 
 lint: install
 	$(BIN)/ruff check .

@@ -29,11 +29,16 @@ class AccountsConfig(AppConfig):
 
             private_sqlite_file(name)
 
-        from django.db.models.signals import post_delete, post_save
+        from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
 
-        from .auth_backends import forget_user
+        from .auth_backends import forget_user, forget_user_before
         from .models import User
 
-        # Signed-in users are cached (auth_backends): any change to one drops its entry.
+        # Signed-in users are cached (auth_backends): any change to one drops its entry, before
+        # the write (refused if the cache cannot be reached) and after it.
+        pre_save.connect(forget_user_before, sender=User, dispatch_uid="accounts.forget.pre_save")
+        pre_delete.connect(
+            forget_user_before, sender=User, dispatch_uid="accounts.forget.pre_delete"
+        )
         post_save.connect(forget_user, sender=User, dispatch_uid="accounts.forget_user.save")
         post_delete.connect(forget_user, sender=User, dispatch_uid="accounts.forget_user.delete")

@@ -6,10 +6,18 @@ Usernames are unique case-insensitively (a database constraint on LOWER(username
 Every signed-in request loads its user. The ORM query is the largest cost of a buy after the
 buy itself (~1 ms), so active users are kept in the shared cache for a few minutes; every save or
 delete of a user drops the entry (`forget_user`, connected in AccountsConfig.ready), so a
-deactivation or a password change is seen at the next request in every process.
+deactivation or a password change is seen at the next request in every process, on every node
+that shares the cache (Redis).
+
+With the cache unreachable, users are read from the database, and a save or delete of a user is
+refused before it writes anything (`UserCacheUnavailable`, a 503): it could not drop the cached
+copy, which another node would then keep serving (an old password hash, a deactivated user)
+once the cache is back.
 """
 
 from __future__ import annotations
+
+import logging
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
@@ -17,6 +25,9 @@ from django.contrib.auth.backends import ModelBackend
 from django.core.cache import cache
 from django.http import HttpRequest
 
+from config.cache import CacheUnavailable
+
+log = logging.getLogger(__name__)
 BACKEND_PATH = "accounts.auth_backends.CaseInsensitiveModelBackend"
 # A bound on staleness should a user ever change without a save (QuerySet.update skips signals).
 USER_CACHE_SECONDS = 300
@@ -26,9 +37,29 @@ def _user_cache_key(user_id) -> str:
     return f"accounts:user:{user_id}"
 
 
+class UserCacheUnavailable(CacheUnavailable):
+    """A user could not be changed: its cached copy could not be dropped (nothing was written)."""
+
+
+def forget_user_before(sender, instance, **kwargs) -> None:
+    """pre_save / pre_delete receiver: drop the cached copy, or refuse the change."""
+    if instance.pk is None:
+        return  # a new user: nothing cached
+    try:
+        cache.delete(_user_cache_key(instance.pk))
+    except CacheUnavailable as exc:
+        raise UserCacheUnavailable(str(exc)) from exc
+
+
 def forget_user(sender, instance, **kwargs) -> None:
-    """post_save / post_delete receiver: the next request reads the user from the database."""
-    cache.delete(_user_cache_key(instance.pk))
+    """post_save / post_delete receiver: drop a copy a request cached during the write too; the
+    next request reads the user from the database."""
+    try:
+        cache.delete(_user_cache_key(instance.pk))
+    except CacheUnavailable:
+        # Written already (the cache went away mid-request): the copy pre_save dropped could
+        # only have been put back by a request reading the user during the write.
+        log.error("user %s saved but the cache went away: its entry may be stale", instance.pk)
 
 
 class CaseInsensitiveModelBackend(ModelBackend):
@@ -57,11 +88,17 @@ class CaseInsensitiveModelBackend(ModelBackend):
 
     def get_user(self, user_id):
         key = _user_cache_key(user_id)
-        user = cache.get(key)
+        try:
+            user = cache.get(key)
+        except CacheUnavailable:
+            return super().get_user(user_id)  # the database, while the cache is down
         if user is None:
             user = super().get_user(user_id)  # None for a missing or inactive user
             if user is not None:
-                cache.set(key, user, USER_CACHE_SECONDS)
+                try:
+                    cache.set(key, user, USER_CACHE_SECONDS)
+                except CacheUnavailable:
+                    pass
             return user
         return user if self.user_can_authenticate(user) else None
 

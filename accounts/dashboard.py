@@ -26,6 +26,7 @@ from django.core.cache import cache
 from django.urls import reverse
 from django.utils.http import urlencode
 
+from config.cache import CacheUnavailable
 from docstore import Clock, NotFound, Store
 
 from . import heartbeat, locks, money
@@ -136,7 +137,10 @@ def _cache_key(store: Store) -> str:
 def cached_dashboard(store: Store, clock: Clock) -> Dashboard:
     """The dashboard as built at most CACHE_SECONDS ago, or a fresh build."""
     key = _cache_key(store)
-    found = cache.get(key)
+    try:
+        found = cache.get(key)
+    except CacheUnavailable:  # built afresh, as on a miss
+        found = None
     if isinstance(found, Dashboard):
         return found
     return rebuild(store, clock)
@@ -145,12 +149,18 @@ def cached_dashboard(store: Store, clock: Clock) -> Dashboard:
 def rebuild(store: Store, clock: Clock, report: Report | None = None) -> Dashboard:
     """Build (from `report` when one was just computed) and cache the dashboard."""
     built = build_dashboard(store, clock, report)
-    cache.set(_cache_key(store), built, CACHE_SECONDS)
+    try:
+        cache.set(_cache_key(store), built, CACHE_SECONDS)
+    except CacheUnavailable:
+        pass  # the next view builds it again
     return built
 
 
 def forget(store: Store) -> None:
-    cache.delete(_cache_key(store))
+    try:
+        cache.delete(_cache_key(store))
+    except CacheUnavailable:
+        pass  # an entry the cache kept is at most CACHE_SECONDS old
 
 
 def live_report(store: Store) -> Report:

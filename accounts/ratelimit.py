@@ -16,10 +16,17 @@ logs in, and every further wrong one is answered only after `LOGIN_FAILURE_DELAY
 Usernames are counted as Django authenticates them: NFKC-normalised and case-folded, so look-alike
 spellings of one name (full-width letters, "BOB") share one count.
 
-Counting uses `cache.add` (create the window's counter) then `cache.incr`. On memcached and
-Redis both are atomic; the default file cache does a read-modify-write, so racing workers can
-undercount by a few near the limit. That is fine for slowing down password guessing; it is not
-a quota.
+Counting is `config.cache.incr_window`: on Redis one atomic MULTI/EXEC (create the window's
+counter with its expiry, increment it), so racing requests on any number of nodes are counted
+exactly; the default file cache does a read-modify-write, so racing workers can undercount by a
+few near the limit. That is fine for slowing down password guessing; it is not a quota.
+
+A cache that cannot be reached (Redis down): the limits that guard a secret or create accounts
+fail closed, raising `RateLimitUnavailable` (a 503 saying why, `accounts.unavailable`): login
+(the site's and the admin's), two-factor codes, the password change's current password, password
+resets and registration (`FAIL_CLOSED`). Every other limit lets the request through, logged: an
+upload, a withdrawal request or a deposit address is the signed-in user's own, bounded by the
+outage, and refusing them would take the site down with its cache.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import logging
 import time
 import unicodedata
 
@@ -36,9 +44,34 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.http import HttpRequest
 
+from config.cache import CacheUnavailable, incr_window
 from docstore import get_clock
 
+log = logging.getLogger(__name__)
+
 TOO_MANY_ATTEMPTS = "Too many attempts; try again in a few minutes."
+# Scopes refused while the cache cannot count them: they guard a secret or create accounts.
+FAIL_CLOSED = frozenset(
+    {
+        "login-ip",
+        "login-user",
+        "otp-user",
+        "password-change",
+        "reset-ip",
+        "reset-email",
+        "register-ip",
+    }
+)
+
+
+class RateLimitUnavailable(CacheUnavailable):
+    """A fail-closed limit could not be counted: the request is refused (503), nothing done."""
+
+    message = (
+        "Signing in, registering and changing passwords are paused for a moment: the site "
+        "cannot count attempts right now. Nothing was changed; please try again shortly."
+    )
+
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # What login_allowed counted for this request, for login_succeeded to take back.
@@ -55,26 +88,37 @@ def _key(scope: str, ident: str, window: int) -> str:
 
 def _incr(key: str, window: int) -> int:
     # The key outlives its window a little, so a counter never expires between add and incr.
-    cache.add(key, 0, timeout=window + 5)
-    try:
-        return cache.incr(key)
-    except ValueError:  # evicted between add and incr: start the window's count again
-        cache.add(key, 1, timeout=window + 5)
-        return 1
+    return incr_window(key, window + 5)
+
+
+def _unreachable(scope: str, exc: CacheUnavailable) -> None:
+    """Fail closed (raise) for the scopes that must; the others are let through, logged."""
+    if scope in FAIL_CLOSED:
+        raise RateLimitUnavailable(str(exc)) from exc
+    log.warning("rate limit %s not counted, cache unreachable: %s", scope, exc)
 
 
 def hit(scope: str, ident: str, limit: int, window: int) -> bool:
     """Count one attempt by `ident` in `scope`; True while it is within `limit` per `window` s.
 
     The window is fixed (it starts at a multiple of `window` seconds of the injected clock), so
-    tests move time instead of sleeping. Every call counts, including refused ones.
+    tests move time instead of sleeping. Every call counts, including refused ones. With the
+    cache unreachable: RateLimitUnavailable for FAIL_CLOSED scopes, True for the others.
     """
-    return _incr(_key(scope, ident, window), window) <= limit
+    try:
+        return _incr(_key(scope, ident, window), window) <= limit
+    except CacheUnavailable as exc:
+        _unreachable(scope, exc)
+        return True
 
 
 def count(scope: str, ident: str, window: int) -> int:
     """How many times `ident` was counted in `scope` in the current window (nothing is counted)."""
-    return int(cache.get(_key(scope, ident, window)) or 0)
+    try:
+        return int(cache.get(_key(scope, ident, window)) or 0)
+    except CacheUnavailable as exc:
+        _unreachable(scope, exc)
+        return 0
 
 
 # --- the client's address ---------------------------------------------------------------------
@@ -162,8 +206,11 @@ def login_allowed(request: HttpRequest, username: str) -> bool:
     if count("login-ip", client, window) >= limit:
         return False
     keys = [_key("login-ip", client, window), _key("login-user", _user_ident(username), window)]
-    for key in keys:
-        _incr(key, window)
+    try:
+        for key in keys:
+            _incr(key, window)
+    except CacheUnavailable as exc:
+        _unreachable("login-ip", exc)
     setattr(request, _COUNTED, keys)
     return True
 
@@ -175,6 +222,8 @@ def login_succeeded(request: HttpRequest) -> None:
             cache.decr(key)
         except ValueError:  # expired or evicted meanwhile: nothing to take back
             pass
+        except CacheUnavailable:  # gone since it counted: the failure stays counted
+            log.warning("login success not taken back: cache unreachable")
     setattr(request, _COUNTED, ())
 
 

@@ -11,13 +11,16 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
+from django.core.cache import caches
 from django.core.paginator import EmptyPage, Page, PageNotAnInteger, Paginator
+from django.db import DatabaseError, connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.safestring import mark_safe
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 
+from config.cache import CacheUnavailable
 from docstore import DocstoreError, Store, get_clock, get_store
 
 from . import ratelimit, twofactor
@@ -83,14 +86,44 @@ def healthz(request: HttpRequest) -> JsonResponse:
         for name, beat in beats.items()
         if beat is None or now - beat["at"] > settings.WORKER_STALE_SECONDS
     ]
+    services = {"cache": cache_status(), "database": database_status()}
+    degraded = any(state != "ok" for state in services.values())
     body = {
-        "status": "stale" if stale else "ok",
+        "status": "stale" if stale else "degraded" if degraded else "ok",
         "now": now,
         "workers": {n: (b["at"] if b else None) for n, b in beats.items()},
         "stale": stale,
+        # 200 while only these are down: the node still serves the API, embeds and signed-out
+        # pages, which a load balancer taking it out would stop too (README, Operations).
+        **services,
         **details,
     }
     return JsonResponse(body, status=503 if stale else 200)
+
+
+def cache_status() -> str:
+    """ "ok", or "down" when the shared cache cannot be reached (asked now, not remembered)."""
+    try:
+        ping = getattr(caches["default"], "ping", None)
+        if ping is not None:
+            ping()
+        else:
+            caches["default"].get("healthz:probe")
+    except CacheUnavailable:
+        return "down"
+    return "ok"
+
+
+def database_status() -> str:
+    """ "ok", or "down" when the ORM database does not answer a query."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DatabaseError:
+        log.warning("healthz: database unreachable", exc_info=True)
+        connection.close_if_unusable_or_obsolete()
+        return "down"
+    return "ok"
 
 
 @sensitive_post_parameters("password1", "password2")

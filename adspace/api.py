@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import TooManyFieldsSent
 from django.http import HttpRequest, HttpResponse, HttpResponseNotModified
 from django.template.loader import render_to_string
@@ -35,6 +34,7 @@ from accounts import apikeys
 from accounts.gateway import account_key
 from accounts.money import format_btc
 from accounts.security import frameable
+from config.cache import CacheUnavailable, incr_window
 from docstore import NotFound, Store, TemporaryFailure, get_clock, get_store
 
 from . import delivery_views, gateway, pricing, review, services, serving, stats, stats_report
@@ -351,18 +351,18 @@ def _within_slot_allowance(key: str, owner: str, n: int, slot: int, ttl: int) ->
     """Count one request for this key, campaign and slot; True while within the allowance.
 
     Keyed by the slot index, so the count starts again with the next slot; the key is hashed so
-    the cache never holds it. cache.add then incr, as in accounts.ratelimit.
+    the cache never holds it. Counted as in accounts.ratelimit (atomic on Redis).
     """
     if not settings.API_REQUESTS_PER_SLOT:
         return True  # no limit configured
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     name = f"adapi:{digest}:{owner}:{n}:{slot}"
-    cache.add(name, 0, timeout=ttl)
     try:
-        count = cache.incr(name)
-    except ValueError:  # evicted between add and incr
-        cache.add(name, 1, timeout=ttl)
-        count = 1
+        count = incr_window(name, ttl)
+    except CacheUnavailable:
+        # The API keeps serving without its cache (README, Security): the allowance is open.
+        log.warning("API allowance not counted: cache unreachable")
+        return True
     return count <= settings.API_REQUESTS_PER_SLOT
 
 

@@ -10,6 +10,7 @@ from django.urls import get_script_prefix, get_urlconf, reverse
 
 from accounts.gateway import LEDGER_PAGE_SIZE, ledger_page_key
 from accounts.money import format_btc
+from config.cache import CacheUnavailable
 from docstore import NotFound, Store
 
 from . import gateway, pricing, serving, stats_report
@@ -164,7 +165,10 @@ def image_urls(store: Store, shas: list[str]) -> dict[str, str]:
         return urls
     wanted.sort()
     exts: dict[str, str] = {}
-    cached = cache.get_many([_EXT_CACHE_PREFIX + s for s in wanted])
+    try:
+        cached = cache.get_many([_EXT_CACHE_PREFIX + s for s in wanted])
+    except CacheUnavailable:  # read from the store instead
+        cached = {}
     missing = []
     for sha in wanted:
         ext = cached.get(_EXT_CACHE_PREFIX + sha)
@@ -179,7 +183,10 @@ def image_urls(store: Store, shas: list[str]) -> dict[str, str]:
             doc = found.get(gateway.image_key(sha))
             if doc is not None:
                 exts[sha] = fresh[_EXT_CACHE_PREFIX + sha] = doc["ext"]
-        cache.set_many(fresh, timeout=None)
+        try:
+            cache.set_many(fresh, timeout=None)
+        except CacheUnavailable:
+            pass  # kept in this process; others read the documents
     for sha, ext in exts.items():
         urls[sha] = url = reverse("image", args=[sha, ext])
         _image_urls.put((scope, sha), url)

@@ -19,7 +19,7 @@ from adspace import delivery, serving, stats
 from docstore import FixedClock
 from tests.teststore import BACKEND, ON_COUCHBASE, make_test_store, open_store, store_config
 
-pytest_plugins = ["tests.regtest", "tests.delivery_helpers"]
+pytest_plugins = ["tests.regtest", "tests.delivery_helpers", "tests.services"]
 
 T0 = 1_700_000_000
 PASSWORD = "correct-horse-battery-9"

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import pytest
 from django.conf import settings
 from django.core.management import call_command
 
 from accounts.heartbeat import beat
+
+# /healthz asks the ORM database for a `SELECT 1`.
+pytestmark = pytest.mark.django_db
 
 
 def test_it_is_unhealthy_without_a_heartbeat(client):

@@ -104,21 +104,53 @@ TEMPLATES = [
     },
 ]
 
+
+def database_config(url: str) -> dict:
+    """DATABASE_URL as Django's setting. PostgreSQL (psycopg 3) gets a connect timeout (libpq
+    waits forever by default, and a request needing a user would hang instead of answering
+    503) and keeps its connections between requests (a connect costs a few ms), checked before
+    reuse so a restarted server costs one reconnect; the URL's own query overrides both."""
+    config = env.db_url_config(url)
+    if config["ENGINE"] == "django.db.backends.postgresql":
+        config.setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
+        if "conn_max_age" not in url.lower():
+            config["CONN_MAX_AGE"] = 60
+        config.setdefault("CONN_HEALTH_CHECKS", True)
+    return config
+
+
 DATABASES = {
-    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}")
+    "default": database_config(
+        env.str("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}")
+    )
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHES = {
-    # A file cache is shared by every gunicorn worker on the machine, so rate limits hold across them.
+    # A file cache is shared by every gunicorn worker on the machine, so rate limits hold across
+    # them; several web nodes share one Redis (`CACHE_URL=redis://...`).
     "default": env.cache("CACHE_URL", default=f"filecache://{BASE_DIR / 'var' / 'cache'}"),
 }
-if CACHES["default"]["BACKEND"] == "django.core.cache.backends.filebased.FileBasedCache":
+_CACHE_BACKENDS = {
     # Culled without evicting live entries (rate-limit counters among them): see config/cache.py.
-    CACHES["default"]["BACKEND"] = "config.cache.FileCache"
+    "django.core.cache.backends.filebased.FileBasedCache": "config.cache.FileCache",
+    # Django's own Redis cache (redis-py), failing fast and counting atomically: config/cache.py.
+    # Also when django-environ would pick django-redis because it happens to be installed.
+    "django.core.cache.backends.redis.RedisCache": "config.cache.RedisCache",
+    "django_redis.cache.RedisCache": "config.cache.RedisCache",
+}
+CACHES["default"]["BACKEND"] = _CACHE_BACKENDS.get(
+    CACHES["default"]["BACKEND"], CACHES["default"]["BACKEND"]
+)
+if CACHES["default"]["BACKEND"] == "config.cache.FileCache":
     CACHES["default"].setdefault("OPTIONS", {}).setdefault(
         "MAX_ENTRIES", env.int("CACHE_MAX_ENTRIES", default=100_000)
     )
+if CACHES["default"]["BACKEND"] == "config.cache.RedisCache":
+    # django-environ upper-cases query options for django-redis; Django's client wants redis-py's.
+    CACHES["default"]["OPTIONS"] = {
+        k.lower(): v for k, v in CACHES["default"].get("OPTIONS", {}).items()
+    }
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -274,7 +306,8 @@ if STATS_FLUSH_SECONDS < 0:
 
 # Sessions are read from the shared cache and written through to the database: a logged-in page
 # skips one SQL query, and a cache that is lost or cleared only costs a database read.
-SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+# accounts/sessions.py: Django's cached_db that reads the database while the cache is down.
+SESSION_ENGINE = "accounts.sessions"
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True

@@ -6,7 +6,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import env, env_bool
+from .base import database_config, env, env_bool
 
 MIN_SECRET_KEY_LENGTH = 50
 
@@ -37,7 +37,7 @@ if len(SECRET_KEY) < MIN_SECRET_KEY_LENGTH or len(set(SECRET_KEY)) < 5:
         f'python -c "import secrets; print(secrets.token_urlsafe(50))"'
     )
 ALLOWED_HOSTS = [h.strip() for h in required("ALLOWED_HOSTS").split(",") if h.strip()]
-DATABASES = {"default": env.db_url_config(required("DATABASE_URL"))}
+DATABASES = {"default": database_config(required("DATABASE_URL"))}
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

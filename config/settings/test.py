@@ -1,7 +1,9 @@
 """Test settings: fast hashing, locmem cache, quiet logs. The docstore is set per test by fixtures."""
 
+import os
+
 from .base import *  # noqa: F403
-from .base import LOGGING
+from .base import LOGGING, database_config, env
 
 DEBUG = False
 SECRET_KEY = "test-only-not-secret-" + "y" * 40
@@ -9,6 +11,22 @@ ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+
+# `make test-services` (tests/services.py) runs the cache, session and auth tests again on a real
+# Redis and PostgreSQL: it sets these. Each pytest-xdist worker gets its own Redis database (the
+# tests clear the cache; FLUSHDB clears one database) and pytest-django its own PostgreSQL one.
+TEST_CACHE_URL = env.str("TEST_CACHE_URL", default="")
+TEST_DATABASE_URL = env.str("TEST_DATABASE_URL", default="")
+if TEST_CACHE_URL:
+    _worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    CACHES = {
+        "default": {
+            "BACKEND": "config.cache.RedisCache",
+            "LOCATION": f"{TEST_CACHE_URL.rstrip('/')}/{1 + int(_worker) % 15}",
+        }
+    }
+if TEST_DATABASE_URL:
+    DATABASES = {"default": database_config(TEST_DATABASE_URL)}
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
