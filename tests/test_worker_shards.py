@@ -265,3 +265,18 @@ def test_run_workers_with_a_shard_does_its_part(world, store, clock):
     assert credited_sellers(store) == owned(Shard(1, 2), SELLERS)
     beat = nodes.read_nodes(store, clock.now(), 60)["w1"].beat
     assert beat["shard"] == "1/2" and beat["passes"] == 1
+
+
+def test_a_node_that_died_on_this_machine_does_not_block_its_restart(store, clock, monkeypatch):
+    import subprocess
+    import sys
+
+    if not nodes.machine_id():
+        pytest.skip("no /proc here: a dead process cannot be told from a live one")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(30)
+    monkeypatch.setattr(nodes.os, "getpid", lambda: proc.pid)
+    live_node(store, clock, "web-old", "0/2")  # registered with the pid that has now exited
+    monkeypatch.undo()
+    assert "shard 0/2" in run("--once", "--shard", "0/2", "--node", "web-new")
+    assert set(nodes.read_nodes(store, clock.now(), 60)) == {"web-new"}
