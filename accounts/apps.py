@@ -14,7 +14,10 @@ class AccountsConfig(AppConfig):
         # Recovery is only needed after a crash (requests also finish expired locks they meet):
         # on its own cadence, and on a worker's first pass.
         workers.register_task(
-            "recovery", recovery.run_recovery, every=lambda: settings.RECOVERY_INTERVAL_SECONDS
+            "recovery",
+            recovery.run_recovery,
+            every=lambda: settings.RECOVERY_INTERVAL_SECONDS,
+            sharded=True,
         )
         workers.register_init(workers.init_schema)
         # The email outbox: sends what the money flows and the review queued (never on a request).

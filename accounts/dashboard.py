@@ -111,7 +111,8 @@ def register_heartbeat(name: str, description: str = "", required: bool = False)
     _heartbeats[name] = (description, required)
 
 
-# The foundation's own workers. /healthz requires run_workers (accounts.views.WORKER_NAMES).
+# The foundation's own workers: every run_workers node also beats `worker::run_workers` (the latest
+# pass of any node); /healthz reads the nodes themselves (accounts.nodes).
 register_heartbeat("run_workers", "the worker process: every registered task", required=True)
 register_heartbeat("recover", "manage.py recover, when run on its own")
 

@@ -11,6 +11,11 @@ app's own work first (the key pool finishes its stuck set fills, which are not a
 then calls `check(username, doc)` for every account, in registration order, with the account as
 the walk read it (a check that acts re-reads it: an earlier check may have changed it), and reads
 `check.finished` at the end. Each account is read once per pass, whatever the number of checks.
+
+Sharded (`run_workers --shard i/n`, accounts/shards.py): the walk acts only on the accounts whose
+key the shard owns, a pass registered `sharded=True` gets the shard and splits its own walk the
+same way, and a pass that cannot be split (or a check's start that does whole-store work and is
+not registered `sharded_start=True`) runs on the lead shard only.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ from typing import Protocol
 from docstore import Clock, Doc, Store
 
 from . import locks
-from .gateway import iter_accounts
+from .gateway import account_key, iter_accounts
+from .shards import ALL, Shard
 
 log = logging.getLogger(__name__)
 
 RecoveryPass = Callable[[Store, Clock], int]
 _passes: dict[str, RecoveryPass] = {}
+_sharded_passes: set[str] = set()
 
 
 class AccountCheck(Protocol):
@@ -40,16 +47,29 @@ class AccountCheck(Protocol):
 
 StartCheck = Callable[[Store, Clock], AccountCheck]
 _account_checks: dict[str, StartCheck] = {}
+_sharded_starts: set[str] = set()
 
 
-def register_pass(name: str, fn: RecoveryPass) -> None:
-    """A whole pass (`fn(store, clock)` returns how much it finished), run after the account walk."""
+def register_pass(name: str, fn: RecoveryPass, *, sharded: bool = False) -> None:
+    """A whole pass (`fn(store, clock)` returns how much it finished), run after the account walk.
+
+    `sharded`: it is called `fn(store, clock, shard=...)` on every shard and splits its walk;
+    otherwise it runs on the lead shard only."""
     _passes[name] = fn
+    _sharded_passes.discard(name)
+    if sharded:
+        _sharded_passes.add(name)
 
 
-def register_account_check(name: str, start: StartCheck) -> None:
-    """A check the account walk runs on every account (see the module docstring)."""
+def register_account_check(name: str, start: StartCheck, *, sharded_start: bool = False) -> None:
+    """A check the account walk runs on every account (see the module docstring).
+
+    `sharded_start`: its start is called `start(store, clock, shard=...)` (it keeps any
+    whole-store work of its own to the lead shard); otherwise `start(store, clock)`."""
     _account_checks[name] = start
+    _sharded_starts.discard(name)
+    if sharded_start:
+        _sharded_starts.add(name)
 
 
 class ExpiredLocks:
@@ -72,12 +92,20 @@ class ExpiredLocks:
 
 
 def walk_accounts(
-    store: Store, clock: Clock, starts: Mapping[str, StartCheck] | None = None
+    store: Store,
+    clock: Clock,
+    starts: Mapping[str, StartCheck] | None = None,
+    shard: Shard = ALL,
 ) -> dict[str, int]:
-    """One walk over every account running each check (all registered ones by default)."""
-    checks = {name: start(store, clock) for name, start in (starts or _account_checks).items()}
+    """One walk over every account of `shard` running each check (all registered by default)."""
+    checks = {
+        name: start(store, clock, shard=shard) if name in _sharded_starts else start(store, clock)
+        for name, start in (starts or _account_checks).items()
+    }
     if checks:
         for username, doc in iter_accounts(store):
+            if not shard.owns(account_key(username)):
+                continue
             for check in checks.values():
                 check(username, doc)
     return {name: check.finished for name, check in checks.items()}
@@ -88,9 +116,13 @@ def recover_locks(store: Store, clock: Clock) -> int:
     return walk_accounts(store, clock, {"locks": ExpiredLocks})["locks"]
 
 
-def run_recovery(store: Store, clock: Clock) -> dict[str, int]:
-    """One pass of every registered recovery; returns how much each one finished."""
-    finished = walk_accounts(store, clock)
+def run_recovery(store: Store, clock: Clock, shard: Shard = ALL) -> dict[str, int]:
+    """One pass of every registered recovery over `shard`; returns how much each one finished
+    (a pass this shard does not run is left out)."""
+    finished = walk_accounts(store, clock, shard=shard)
     for name, fn in _passes.items():
-        finished[name] = fn(store, clock)
+        if name in _sharded_passes:
+            finished[name] = fn(store, clock, shard=shard)
+        elif shard.lead:
+            finished[name] = fn(store, clock)
     return finished

@@ -23,17 +23,18 @@ from django.views.decorators.debug import sensitive_post_parameters
 from config.cache import CacheUnavailable
 from docstore import DocstoreError, Store, get_clock, get_store
 
-from . import ratelimit, twofactor
+from . import leases, nodes, ratelimit, shards, twofactor, workers
 from .auth_backends import BACKEND_PATH
 from .forms import LoginForm, RegistrationForm
 from .gateway import LEDGER_PAGE_SIZE, ensure_account, ledger_page_key
-from .heartbeat import health_details, read_beats
+from .heartbeat import health_details
 from .money import format_btc
 from .templatetags.cached_url import cached_reverse
 
 log = logging.getLogger(__name__)
 
-WORKER_NAMES = ["run_workers"]
+# What /healthz names when no worker node has ever registered.
+HEARTBEAT_NAME = "run_workers"
 LEDGER_PER_PAGE = 50
 
 KIND_LABELS = {
@@ -72,33 +73,54 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
+    """Every worker node with its heartbeat, shard and leases, and who holds each role's lease.
+
+    503 when no node is live, when a stale node's shard has no live node instead (`stale`), or
+    when a shard of the live nodes' split has no live node at all (`missing`)."""
     now = get_clock().now()
+    stale_after = settings.WORKER_STALE_SECONDS
     try:
         store = get_store()
-        beats = read_beats(store, WORKER_NAMES)
+        found = nodes.read_nodes(store, now, stale_after)
+        held = leases.read_leases(store, workers.roles())
+        held.update(leases.external_leases(store))
         details = health_details(store)
     except DocstoreError:
         # Public: say what is wrong, not where the store is (the log has the details).
         log.warning("healthz: docstore unreachable", exc_info=True)
         return JsonResponse({"status": "store unreachable", "now": now}, status=503)
-    stale = [
-        name
-        for name, beat in beats.items()
-        if beat is None or now - beat["at"] > settings.WORKER_STALE_SECONDS
-    ]
+    live = [shards.parse(n.shard) for n in found.values() if n.live]
+    stale = nodes.uncovered(found) if live else (sorted(found) or [HEARTBEAT_NAME])
+    missing = []
+    if live:
+        count = max(s.count for s in live)
+        missing = [f"{i}/{count}" for i in range(count) if shards.Shard(i, count) not in live]
     services = {"cache": cache_status(), "database": database_status()}
     degraded = any(state != "ok" for state in services.values())
     body = {
-        "status": "stale" if stale else "degraded" if degraded else "ok",
+        "status": "stale" if stale or missing else "degraded" if degraded else "ok",
         "now": now,
-        "workers": {n: (b["at"] if b else None) for n, b in beats.items()},
+        "workers": {n.name: n.at for n in found.values()},
         "stale": stale,
         # 200 while only these are down: the node still serves the API, embeds and signed-out
         # pages, which a load balancer taking it out would stop too (README, Operations).
         **services,
+        "missing": missing,
+        "nodes": {
+            n.name: {"at": n.at, "live": n.live, "shard": n.shard, "leases": n.leases}
+            for n in found.values()
+        },
+        "leases": {
+            role: (
+                {"holder": value["holder"], "until": value["until"]}
+                if leases.held_by(value, now)
+                else None
+            )
+            for role, value in sorted(held.items())
+        },
         **details,
     }
-    return JsonResponse(body, status=503 if stale else 200)
+    return JsonResponse(body, status=503 if stale or missing else 200)
 
 
 def cache_status() -> str:

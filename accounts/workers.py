@@ -12,6 +12,14 @@ last started; the other tasks run on every pass (each WORKER_INTERVAL_SECONDS). 
 a task (RECOVERY_INTERVAL_SECONDS): walking every account and campaign each second is waste when
 it only has work after a crash, and a restarted worker still recovers at once.
 
+Several worker nodes (`run_workers --shard i/n`, README Operations) split the tasks three ways,
+chosen at registration: a task registered `sharded=True` runs on every node and is called
+`fn(store, clock, shard=...)` to act only on the directory entries its shard owns (recovery, the
+creditor); a task registered with a `role` runs on the one node holding the lease `lease::<role>`
+(accounts/leases.py) and is called `fn(store, clock, lease=...)` so it can check the lease before
+each external call (the deposit watcher); any other task runs on the lead shard's node (0/n).
+`run_pass` without a node (one process, tests) runs everything as a lone worker without leases.
+
 A pass runs every task that is due in turn; a task that raises is logged with its traceback and
 the next task still runs, so one broken walker cannot starve the others (recovery above all).
 Every pass ends in a heartbeat, even a failed one, and `/healthz` goes red when the heartbeats
@@ -21,6 +29,7 @@ stop. A task that did not run in a pass has no counters in that pass's heartbeat
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -30,7 +39,8 @@ from typing import Any
 
 from docstore import AlreadyExists, Clock, NotFound, Store, TemporaryFailure, get_clock, get_store
 
-from . import heartbeat
+from . import heartbeat, leases, nodes
+from .shards import ALL, Shard
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,8 @@ Every = float | Callable[[], float] | None
 
 _tasks: dict[str, Task] = {}
 _every: dict[str, Every] = {}
+_sharded: set[str] = set()
+_roles: dict[str, str] = {}
 _inits: list[InitFn] = []
 
 SCHEMA_KEY = "meta::schema"
@@ -54,16 +66,38 @@ class InitError(Exception):
     pass
 
 
-def register_task(name: str, fn: Task, every: Every = None) -> None:
-    """Run `fn` on every worker pass, or with `every` on its own cadence (see the module
-    docstring). Registering a name again replaces it, cadence included (ready() may rerun)."""
+def register_task(
+    name: str, fn: Task, every: Every = None, *, sharded: bool = False, role: str | None = None
+) -> None:
+    """Run `fn` on every worker pass, or with `every` on its own cadence; `sharded` or under a
+    `role` lease on several nodes (see the module docstring). Registering a name again replaces
+    it, cadence and kind included (ready() may rerun)."""
     if not name or "." in name:
         raise ValueError(f"task names are non-empty and without dots, not {name!r}")
+    if sharded and role:
+        raise ValueError("a task is either split by shard or held by one node, not both")
     _tasks[name] = fn
     if every is None:
         _every.pop(name, None)
     else:
         _every[name] = every
+    _sharded.discard(name)
+    _roles.pop(name, None)
+    if sharded:
+        _sharded.add(name)
+    if role:
+        _roles[name] = role
+
+
+def task_kind(name: str) -> str:
+    """How several nodes share the task: `sharded`, `role <role>` or `lead`."""
+    if name in _sharded:
+        return "sharded"
+    return f"role {_roles[name]}" if name in _roles else "lead"
+
+
+def roles() -> list[str]:
+    return sorted(set(_roles.values()))
 
 
 def registered_tasks() -> dict[str, Task]:
@@ -134,19 +168,74 @@ def check_reachable(store: Store) -> None:
         pass
 
 
-def run_pass(store: Store, clock: Clock, schedule: Schedule | None = None) -> dict[str, int]:
-    """Run every registered task once, or with `schedule` every task that is due. Counters come
-    back as `<task>.<name>`, plus `failed`.
+class Node:
+    """One worker node: its name, its shard, and the role leases it holds (or tries to)."""
+
+    def __init__(self, name: str, shard: Shard = ALL, lease_seconds: int = 60) -> None:
+        self.name, self.shard, self.lease_seconds = name, shard, lease_seconds
+        self.leases: dict[str, leases.Lease] = {}
+
+    def lease(self, store: Store, clock: Clock, role: str) -> leases.Lease:
+        lease = self.leases.get(role)
+        if lease is None:
+            lease = leases.Lease(
+                store, clock, role, self.name, self.lease_seconds,
+                may_take_over=lambda held: nodes.known_dead(held.get("node") or {}),
+                extra={"node": {"machine": nodes.machine_id(), "pid": os.getpid()}},
+            )  # fmt: skip
+            self.leases[role] = lease
+        lease.store, lease.clock = store, clock  # the worker fetches both afresh each pass
+        return lease
+
+    def held_roles(self) -> list[str]:
+        return sorted(role for role, lease in self.leases.items() if lease.held)
+
+    def release_leases(self) -> None:
+        for lease in self.leases.values():
+            try:
+                lease.release()
+            except Exception:
+                log.warning("could not release lease %s; it expires by itself", lease.key,
+                            exc_info=True)  # fmt: skip
+
+
+def _call(name: str, fn: Task, store: Store, clock: Clock, node: Node | None, counters: dict):
+    """Run one task as its kind and the node say; None when this node does not run it now."""
+    if name in _sharded:
+        return fn(store, clock, shard=node.shard if node else ALL)
+    if name in _roles:
+        if node is None:
+            return fn(store, clock, lease=None)
+        lease = node.lease(store, clock, _roles[name])
+        if not lease.hold():
+            counters[f"{name}.standby"] = 1  # another node holds the role
+            return None
+        return fn(store, clock, lease=lease)
+    if node is not None and not node.shard.lead:
+        return None
+    return fn(store, clock)
+
+
+def run_pass(
+    store: Store, clock: Clock, schedule: Schedule | None = None, node: Node | None = None
+) -> dict[str, int]:
+    """Run every registered task once, or with `schedule` every task that is due; with a `node`,
+    only its shard's part and its roles. Counters come back as `<task>.<name>`, plus `failed`.
 
     A task that raises counts as run: one with a cadence tries again on its next turn, not at
-    once (a failing walk of the whole store must not run every second either).
+    once (a failing walk of the whole store must not run every second either). A task that
+    finds its lease taken over mid-pass (LeaseLost) has stopped before its next external call.
     """
     counters: dict[str, int] = {"failed": 0}
     for name, fn in list(_tasks.items()):
         if schedule is not None and not schedule.take(name, task_every(name)):
             continue
         try:
-            result = fn(store, clock) or {}
+            result = _call(name, fn, store, clock, node, counters) or {}
+        except leases.LeaseLost as exc:
+            log.warning("worker task %s stopped: %s", name, exc)
+            counters[f"{name}.leaselost"] = 1
+            continue
         except Exception:
             log.exception("worker task %s failed; it runs again on its next turn", name)
             counters["failed"] += 1
@@ -210,8 +299,10 @@ def serve(
     once: bool = False,
     stop: StopFlag | None = None,
     report: Report | None = None,
+    node: Node | None = None,
 ) -> int:
     """Run `work` in passes, a heartbeat `name` after each, until `stop` (or once); returns passes.
+    With a `node`, its own heartbeat too (shard, leases held) for /healthz.
 
     The store and clock are fetched each pass: `get_store()` reopens after a fork and is cached
     otherwise. An exception from `work` as a whole (not one task) is logged and counted, and the
@@ -234,6 +325,9 @@ def serve(
         passes += 1
         try:
             heartbeat.beat(store, name, clock.now(), **{**counters, "passes": passes})
+            if node is not None:
+                nodes.beat(store, node.name, clock.now(), node.shard, node.held_roles(),
+                           **{**counters, "passes": passes})  # fmt: skip
         except TemporaryFailure as exc:
             log.warning("worker %s: heartbeat failed, store unreachable: %s", name, exc)
         except Exception:

@@ -13,11 +13,13 @@ class AdspaceConfig(AppConfig):
         locks.register_finisher("buy", buy.finish_buy_lock)
         locks.register_finisher("credit", credit.finish_credit_lock)
         locks.register_finisher("reject", review.finish_reject_lock)
-        recovery.register_pass("campaigns", buy.recover_campaigns)
+        recovery.register_pass("campaigns", buy.recover_campaigns, sharded=True)
         audit.register_audit(adspace_audit.audit_adspace)
         # The API key tab lives in accounts, which must not import adspace.
         apikeys.set_campaign_lister(api.seller_campaigns)
-        workers.register_task("creditor", credit.run_creditor)
+        # Split by seller between worker nodes (run_workers --shard); the outboxes and the
+        # slot-start scan run on the lead shard's node.
+        workers.register_task("creditor", credit.run_creditor, sharded=True)
         workers.register_task("webhooks", webhooks.run_deliverer)
         workers.register_task(
             "slotnotices", notices.queue_slot_notices, every=notices.EVERY_SECONDS

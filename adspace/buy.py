@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from accounts import locks
-from accounts.gateway import get_account
+from accounts.gateway import account_key, get_account
 from accounts.money import fee_up
+from accounts.shards import ALL, Shard
 from docstore import AlreadyExists, Ambiguous, Clock, NotFound, Store
 
 from . import gateway, pricing, review, webhooks
@@ -229,9 +230,10 @@ def finish_buy_lock(store: Store, clock: Clock, buyer: str, lock: dict) -> None:
         locks.release(store, buyer, lock["token"])
 
 
-def recover_campaigns(store: Store, clock: Clock) -> int:
-    """Recovery pass: finish every sale whose slot exists while its campaign's `last` lags."""
-    refs = list(gateway.iter_campaign_refs(store))
+def recover_campaigns(store: Store, clock: Clock, shard: Shard = ALL) -> int:
+    """Recovery pass: finish every sale whose slot exists while its campaign's `last` lags (of
+    the campaigns whose seller `shard` owns)."""
+    refs = [ref for ref in gateway.iter_campaign_refs(store) if shard.owns(account_key(ref[0]))]
     finished = 0
     for start in range(0, len(refs), 500):
         chunk = refs[start : start + 500]

@@ -32,7 +32,8 @@ from functools import partial
 from django.conf import settings
 
 from accounts import locks
-from accounts.gateway import get_account
+from accounts.gateway import account_key, get_account
+from accounts.shards import ALL, Shard
 from docstore import (
     AlreadyExists,
     Ambiguous,
@@ -300,7 +301,7 @@ def credit_campaign(store: Store, clock: Clock, owner: str, n: int) -> int:
     return _walk(store, clock, owner, n).credited
 
 
-def credit_all(store: Store, clock: Clock, threads: int = 1) -> dict[str, int]:
+def credit_all(store: Store, clock: Clock, threads: int = 1, shard: Shard = ALL) -> dict[str, int]:
     """One creditor pass over every campaign (the worker task "creditor").
 
     A pass with nothing to do costs the directory walk plus, per 500 campaigns, one batched read
@@ -313,9 +314,12 @@ def credit_all(store: Store, clock: Clock, threads: int = 1) -> dict[str, int]:
     by one thread (so a pass never meets its own credit lock). Every step is a CAS or an insert
     that accepts "already done", exactly as when two worker processes overlap; the gain is that
     their durable writes share commits (a sale's credit is four: lock, tx, settle, cursor).
+
+    With a `shard` (run_workers --shard), only the campaigns of the sellers it owns: a seller's
+    credit lock is then only ever taken by one node.
     """
     counters = {"credited": 0, "sats": 0, "campaigns": 0, "busy": 0, "errors": 0}
-    refs = list(gateway.iter_campaign_refs(store))
+    refs = [ref for ref in gateway.iter_campaign_refs(store) if shard.owns(account_key(ref[0]))]
     busy: set[str] = set()
     pool = ThreadPoolExecutor(threads, thread_name_prefix="creditor") if threads > 1 else None
     try:
@@ -394,9 +398,9 @@ def _credit_seller(
     return out
 
 
-def run_creditor(store: Store, clock: Clock) -> dict[str, int]:
+def run_creditor(store: Store, clock: Clock, shard: Shard = ALL) -> dict[str, int]:
     """The creditor as the worker runs it: sellers in parallel (CREDITOR_THREADS)."""
-    return credit_all(store, clock, threads=settings.CREDITOR_THREADS)
+    return credit_all(store, clock, threads=settings.CREDITOR_THREADS, shard=shard)
 
 
 # --- earnings, for the sell page ------------------------------------------------------------

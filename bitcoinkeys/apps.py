@@ -18,7 +18,7 @@ class BitcoinkeysConfig(AppConfig):
         # Sets stuck `filling` and accounts stuck `getting` are rolled forward by recovery: the
         # fills when its pass starts, the accounts in its one account walk (after the lock check,
         # which accounts registers first).
-        recovery.register_account_check("keypool", pool.StuckGetting.start)
+        recovery.register_account_check("keypool", pool.StuckGetting.start, sharded_start=True)
         audit.register_audit(keys_audit.audit_keypool)
 
         from .deposits import ready_deposits
@@ -36,6 +36,13 @@ class BitcoinkeysConfig(AppConfig):
         # A short payout wallet is a detail, not a 503: the site and its workers are healthy, and
         # the requests wait safely in the queue.
         register_health_detail("payouts", payouts_health)
+
+        from accounts import leases
+
+        from .payout_lease import lease_for_health
+
+        # One processor at a time under its own lease document (process_withdrawals).
+        leases.register_external("withdrawals", lease_for_health)
 
         from . import admin_pages
 

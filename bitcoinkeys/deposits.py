@@ -35,6 +35,7 @@ from django.conf import settings
 from accounts import heartbeat, locks
 from accounts.audit import Report
 from accounts.gateway import DIR_CHUNK, full_ledger, get_account, walk_directory
+from accounts.leases import LEASE_MARGIN_SECONDS, Lease, fenced
 from docstore import AlreadyExists, Ambiguous, CasMismatch, Clock, NotFound, Store
 
 from . import node_alerts, notices
@@ -58,6 +59,9 @@ CHAIN_DOWN = (
     "We cannot reach the bitcoin node right now; your payment is safe and will be credited "
     "when it is back."
 )
+
+
+ROLE = "deposits"
 
 
 def alert_key(address: str) -> str:
@@ -425,15 +429,24 @@ def _check_node(chain: Any) -> None:
         check()
 
 
-def run_watch_task(store: Store, clock: Clock) -> dict[str, int]:
+def run_watch_task(store: Store, clock: Clock, lease: Lease | None = None) -> dict[str, int]:
     """The worker task (run_workers): one watcher pass with this process's chain backend.
 
+    It runs on the one node holding `lease::deposits` (ROLE), and every RPC it makes first
+    checks that lease (`fenced_chain`), so a node that lost it stops before its next call.
     Without a chain there is nothing to watch; the pass reports nothing rather than "skipped"
     every second in the worker's output."""
     chain = get_chain()
     if not getattr(chain, "available", False):
         return {}
-    return watch_pass(store, clock, chain)
+    return watch_pass(store, clock, fenced_chain(chain, lease))
+
+
+def fenced_chain(chain: Any, lease: Lease | None) -> Any:
+    """`chain` whose every call first makes sure `lease` is still ours for the call's timeout."""
+    if lease is None:
+        return chain
+    return fenced(chain, lease.ensure, settings.BITCOIND_TIMEOUT + LEASE_MARGIN_SECONDS)
 
 
 # --- "check now" and the add-funds page ------------------------------------------------------
@@ -658,5 +671,6 @@ def ready_deposits() -> None:
     from accounts import audit, workers
 
     locks.register_finisher(KIND, finish_deposit)
-    workers.register_task("deposits", run_watch_task)
+    # One chain cursor: one watcher at a time, on whichever node holds the role's lease.
+    workers.register_task("deposits", run_watch_task, role=ROLE)
     audit.register_audit(audit_deposits)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+from accounts import leases
 from docstore import AlreadyExists, Ambiguous, CasMismatch, Clock, NotFound, Store
 
 from .withdrawals import MAX_ATTEMPTS
@@ -22,7 +23,7 @@ class ProcessorBusy(Exception):
     """Another processor holds the lease: this one must not touch a single request."""
 
 
-class LeaseLost(Exception):
+class LeaseLost(leases.LeaseLost):
     """Our lease was taken over (we were paused past it): stop before sending anything more."""
 
 
@@ -37,6 +38,15 @@ def sent_today(store: Store, now: int) -> int:
     except NotFound:
         return 0
     return int(held.get("sentToday", 0)) if held.get("day") == utc_day(now) else 0
+
+
+def lease_for_health(store: Store) -> dict | None:
+    """The processor's lease as /healthz shows leases: `{holder, until}`, or None."""
+    try:
+        held = store.get(LEASE_KEY).value
+    except NotFound:
+        return None
+    return {"holder": held.get("owner"), "until": int(held.get("until", 0))}
 
 
 class ProcessorLease:
@@ -126,6 +136,19 @@ class ProcessorLease:
                 raise LeaseLost("another processor took over the lease")
             self.cas = doc.cas
         raise LeaseLost("could not renew the processor lease")
+
+    def ensure(self, need: int) -> None:
+        """Right before each wallet call (the chain is wrapped by `leases.fenced`): the lease must
+        still be ours with `need` seconds left, renewed first if fewer; else LeaseLost."""
+        try:
+            doc = self.store.get(LEASE_KEY)
+        except NotFound:
+            raise LeaseLost("the processor lease disappeared") from None
+        if doc.value.get("owner") != self.owner:
+            raise LeaseLost("another processor took over the lease")
+        self._adopt(doc.value, doc.cas)
+        if int(doc.value.get("until", 0)) - self.clock.now() < need:
+            self.renew()
 
     def release(self) -> None:
         value = {

@@ -44,6 +44,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 
+from accounts.leases import LEASE_MARGIN_SECONDS, fenced
 from docstore import Clock, Doc, Store
 
 from . import node_alerts, notices
@@ -187,7 +188,10 @@ def process(
     lease = ProcessorLease(store, clock, lease_seconds, owner)
     lease.acquire()
     try:
-        pass_ = _Pass(store, clock, chain, daily_cap, lease, report, on_line, should_stop)
+        # Every wallet call under the lease first checks it is still ours for the call's timeout.
+        need = settings.BITCOIND_TIMEOUT + LEASE_MARGIN_SECONDS
+        fenced_chain = fenced(chain, lease.ensure, need)
+        pass_ = _Pass(store, clock, fenced_chain, daily_cap, lease, report, on_line, should_stop)
         try:
             pass_.run(work)
         except _Stop as exc:
@@ -298,6 +302,8 @@ class _Pass:
             self.lease.renew()
             try:
                 txid = self.chain.find_sent(batch)
+            except LeaseLost:
+                raise  # the fence stopped it before the call: nothing was asked
             except Exception as exc:  # ChainUnavailable, ChainError or worse: we know nothing
                 for row in members:
                     self.emit(
@@ -347,6 +353,8 @@ class _Pass:
         self.check_stop()
         try:
             balance = self.chain.payout_balance()
+        except LeaseLost:
+            raise  # the fence stopped it before the call: nothing was asked
         except Exception as exc:
             raise _Stop(
                 f"The payout wallet's balance could not be read ({exc}); nothing was sent. "
@@ -414,6 +422,8 @@ class _Pass:
         self.lease.renew(add=total)
         try:
             txid = self.chain.send_many(outputs, batch)
+        except LeaseLost:
+            raise  # the fence stopped it before the call: nothing was asked
         except Exception as exc:
             self.not_taken(batch, claimed, exc)
             return
@@ -479,6 +489,8 @@ class _Pass:
             # the reserve, coins not yet spendable): nothing was sent; all of it waits.
             try:
                 balance = self.chain.payout_balance()
+            except LeaseLost:
+                raise  # the fence stopped it before the call: nothing was asked
             except Exception:
                 balance = 0
             self.wallet_short(claimed, balance, f" (the wallet said: {error})")

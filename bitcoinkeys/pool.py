@@ -35,6 +35,7 @@ from django.conf import settings
 
 from accounts import locks, recovery
 from accounts.gateway import account_key
+from accounts.shards import ALL, Shard
 from docstore import AlreadyExists, Ambiguous, CasMismatch, Clock, Doc, NotFound, Store
 
 from . import gateway as g
@@ -559,10 +560,10 @@ class StuckGetting:
         self.finished = finished
 
     @classmethod
-    def start(cls, store: Store, clock: Clock) -> StuckGetting:
-        """The key pool's part of a recovery pass: the stuck fills now, then the account check
-        (which counts those fills in its `finished`)."""
-        fills, dry = resume_fills(store, clock)
+    def start(cls, store: Store, clock: Clock, shard: Shard = ALL) -> StuckGetting:
+        """The key pool's part of a recovery pass: the stuck fills now (on the lead shard: they
+        are not accounts), then the account check (which counts those fills in its `finished`)."""
+        fills, dry = resume_fills(store, clock) if shard.lead else (0, set())
         return cls(store, clock, dry, fills)
 
     def __call__(self, username: str, doc: Doc) -> None:

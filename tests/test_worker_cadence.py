@@ -195,9 +195,9 @@ def test_run_workers_recovers_on_its_first_pass_only_within_the_interval(
     runs: list[int] = []
     real = workers._tasks["recovery"]
 
-    def recovery(store, clock):
+    def recovery(store, clock, **shard):
         runs.append(1)
-        return real(store, clock)
+        return real(store, clock, **shard)
 
     monkeypatch.setitem(workers._tasks, "recovery", recovery)
     monkeypatch.setattr(run_workers_command, "StopFlag", StopAfter)

@@ -349,6 +349,15 @@ LOCAL_CHAIN_XPUB = env.str("LOCAL_CHAIN_XPUB", default="")
 DEPOSIT_CONFIRMATIONS = env.int("DEPOSIT_CONFIRMATIONS", default=1)
 # The withdrawal processor's lease, renewed before each send: keep it well above BITCOIND_TIMEOUT.
 WITHDRAW_PROCESSOR_LEASE_SECONDS = env.int("WITHDRAW_PROCESSOR_LEASE_SECONDS", default=120)
+# A worker role's lease (run_workers: the deposit watcher's `lease::deposits`), renewed each pass and
+# before any RPC with less than BITCOIND_TIMEOUT + 5 s left; a dead node's role moves after it.
+WORKER_LEASE_SECONDS = env.int("WORKER_LEASE_SECONDS", default=90)
+for _name in ("WORKER_LEASE_SECONDS", "WITHDRAW_PROCESSOR_LEASE_SECONDS"):
+    if globals()[_name] < BITCOIND_TIMEOUT + 5:
+        raise environ.ImproperlyConfigured(
+            f"{_name} ({globals()[_name]}) must be at least BITCOIND_TIMEOUT + 5 "
+            f"({BITCOIND_TIMEOUT + 5}): every RPC must fit in what is left of the lease"
+        )
 # Kept back from the payout wallet's balance for one batch's network fee: a pass pays only the
 # queued requests that fit in balance - reserve, oldest first; the rest stay queued (an alert).
 PAYOUT_FEE_RESERVE_SATS = env.int("PAYOUT_FEE_RESERVE_SATS", default=100_000)

@@ -17,11 +17,13 @@ timer every minute is safe: the lease lets one run at a time, and an idle run on
 from __future__ import annotations
 
 import sys
+import uuid
 
 from django.core.management.base import CommandError
 
 from accounts.commands import StoreCommand
 from accounts.money import MoneyError, format_btc, parse_btc
+from accounts.nodes import default_name
 from accounts.workers import StopFlag
 from bitcoinkeys import payouts as w
 from bitcoinkeys.chain import get_chain
@@ -78,6 +80,8 @@ class Command(StoreCommand):
                 report = w.process(
                     store, clock, chain, cap,
                     on_line=self._show_outcome, should_stop=lambda: stop.requested,
+                    # Named after the machine and process, so /healthz says where it runs.
+                    owner=f"{default_name()}-{uuid.uuid4().hex[:8]}",
                 )  # fmt: skip
         except (w.ProcessorBusy, w.NoPayoutWallet, w.NodeNotReady) as exc:
             raise CommandError(str(exc)) from None

@@ -9,9 +9,11 @@ from __future__ import annotations
 from django.conf import settings
 
 from accounts.commands import StoreCommand
-from accounts.workers import StopFlag, serve
+from accounts.leases import LeaseLost
+from accounts.nodes import default_name
+from accounts.workers import Node, StopFlag, serve
 from bitcoinkeys.chain import get_chain
-from bitcoinkeys.deposits import watch_pass
+from bitcoinkeys.deposits import ROLE, fenced_chain, watch_pass
 
 HEARTBEAT = "watch_deposits"
 
@@ -58,16 +60,26 @@ class Command(StoreCommand):
                 style = self.style.ERROR if bad else self.style.SUCCESS
                 self.stdout.write(style(f"pass {passes}: {text}"))
 
+        # The same role lease as run_workers' watcher: one watcher at a time, wherever it runs.
+        node = Node(default_name(), lease_seconds=settings.WORKER_LEASE_SECONDS)
+
+        def work(store, clock) -> dict[str, int]:
+            lease = node.lease(store, clock, ROLE)
+            if not lease.hold():
+                return {"standby": 1}
+            try:
+                return watch_pass(store, clock, fenced_chain(get_chain(), lease))
+            except LeaseLost:
+                return {"leaselost": 1}
+
         stop = StopFlag()
-        with stop.handling_signals():
-            passes = serve(
-                HEARTBEAT,
-                lambda store, clock: watch_pass(store, clock, get_chain()),
-                interval=interval,
-                once=once,
-                stop=stop,
-                report=report,
-            )
+        try:
+            with stop.handling_signals():
+                passes = serve(
+                    HEARTBEAT, work, interval=interval, once=once, stop=stop, report=report
+                )
+        finally:
+            node.release_leases()
         if verbosity >= 1 and not once:
             self.stdout.write(
                 self.style.SUCCESS(f"watch_deposits stopped after {passes} pass(es).")
