@@ -133,9 +133,11 @@ ADDRESS_H3 = re.compile(r"<h3><code>([a-z0-9]+)</code>")
 CURRENT_ADDRESS = re.compile(r'data-role="deposit-address">([a-z0-9]+)<')
 WITHDRAW_ROW = re.compile(r'<tr id="withdrawal-(\d+)" data-state="([a-z-]+)">')
 CANCEL_FORM = re.compile(r'action="/account/withdraw/(\d+)/cancel/"')
+# A row of the seller's campaign table: link "#n title", maybe a "paused" badge and the edit link.
 SELL_ROW = re.compile(
-    r'<a href="/ads/buy-ad-space/([A-Za-z0-9]+)/(\d+)">#\d+</a></td>\s*'
-    r'<td class="nowrap">(\d+)x(\d+) px</td>'
+    r'<a href="/ads/buy-ad-space/([A-Za-z0-9]+)/(\d+)">#\d+[^<]*</a>.*?</td>\s*'
+    r'<td class="nowrap">(\d+)x(\d+) px</td>',
+    re.S,
 )
 
 

@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         for t in threads:
             t.join(timeout=HTTP_TIMEOUT * 4)
         stuck = [t.name for t in threads if t.is_alive()]
+        if args.minutes >= 1 and args.users >= 3 and not site.campaigns:
+            # Sellers create campaigns in their first steps: none means the soak's forms or page
+            # parsing no longer fit the site, and nothing was bought or sold.
+            stats.problem("no campaign was created or seen: the soak no longer fits the sell page")
 
         # 4. Heal: no more faults; let the system drain.
         heal_start = time.monotonic()
