@@ -145,3 +145,29 @@ def race_loop(site: Site, users: list[User], rng: random.Random) -> None:
         finally:
             for u, *_ in held:
                 u.lock.release()
+
+
+def net_fault_loop(site: Site, net, rng: random.Random) -> None:
+    """Network faults between the site and Couchbase (netfaults.NetFaults), one at a time: on one
+    KV port (one node) or all, held a few seconds, then healed before the next."""
+    stats = site.stats
+    while not site.stop.wait(rng.uniform(2.0, 6.0)):
+        ports = net.ports if rng.random() < 0.3 else [rng.choice(net.ports)]
+        where = "every KV port" if len(ports) == len(net.ports) else f"KV port {ports[0]}"
+        r = rng.random()
+        try:
+            if r < 0.45:
+                hold = rng.uniform(1.0, 5.0)
+                net.drop(ports)
+                stats.fault("net DROP (silent loss)", detail=f"{where} for {hold:.1f} s")
+            elif r < 0.7:
+                hold = rng.uniform(0.5, 3.0)
+                net.reset(ports)
+                stats.fault("net REJECT tcp-reset (cut)", detail=f"{where} for {hold:.1f} s")
+            else:
+                hold, kbit = rng.uniform(3.0, 10.0), rng.randint(60, 600)
+                net.slow(ports, kbit)
+                stats.fault("net slow link (htb)", detail=f"{where} {kbit} kbit for {hold:.1f} s")
+            site.stop.wait(hold)
+        finally:
+            net.heal()

@@ -6,6 +6,7 @@ import argparse
 import os
 import random
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import __doc__ as PACKAGE_DOC
+from . import netfaults
 from .chain import Chain, SoakNode, derive_regtest_addresses
 from .common import (
     ADDRESSES_PER_LIST_PAGE,
@@ -24,7 +26,8 @@ from .common import (
     Stats,
     free_port,
 )
-from .faults import chain_loop, fault_loop, guarded, processor_loop, race_loop
+from .faults import chain_loop, fault_loop, guarded, net_fault_loop, processor_loop, race_loop
+from .gocaves import Gocaves
 from .processes import Processes, make_env, wait_healthy
 from .reconcile import check_payouts, drained, reconcile
 from .report import Finish, summary
@@ -45,11 +48,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "unchanged, with its default lease, and never kill it)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--couchbase",
+        action="store_true",
+        help="run the site and workers on gocaves (GOCAVES, ../shared/tools/gocaves or PATH) "
+        "instead of the embedded store",
+    )
+    parser.add_argument(
+        "--net-faults",
+        action="store_true",
+        help="with --couchbase: drop, cut and slow the traffic to gocaves' KV ports at random "
+        "(root, iptables and tc; every rule removed on heal, exit and signals)",
+    )
+    parser.add_argument(
+        "--heal-net",
+        action="store_true",
+        help="only remove any network fault a soak left behind (rules marked adspace-soak)",
+    )
+    args = parser.parse_args(argv)
+    if args.net_faults and not args.couchbase:
+        parser.error("--net-faults puts faults between the site and Couchbase: add --couchbase")
+    if args.net_faults and (why := netfaults.unavailable()):
+        parser.error(why)
+    return args
+
+
+def _exit_on_signal(signum, frame) -> None:
+    # SIGTERM ends the run through the same finally blocks as an error: processes stopped,
+    # network faults healed.
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.heal_net:
+        removed = netfaults.heal_leftovers()
+        print("soak: removed " + ("; ".join(removed) if removed else "nothing: no rule was left"))
+        return 0
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     started = time.monotonic()
     stats = Stats()
@@ -58,7 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     node.start()
     node.create_wallet(PAYOUT_WALLET, watch_only=False, balance=1_000_000 * SATS)
     port = free_port()
-    env, backend = make_env(work, node.url)
+    caves = Gocaves(work) if args.couchbase else None
+    if caves is not None:
+        try:
+            caves.start()
+        except BaseException:
+            caves.stop()
+            node.stop()
+            raise
+    env, backend = make_env(work, node.url, caves.env() if caves else None)
+    net = netfaults.NetFaults(caves.kv_ports()) if args.net_faults else None
     stats.journal = open(work / "soak.log", "a")  # noqa: SIM115 - closed at the end
     procs = Processes(work, env, stats, web_ports=[port])
     chain = Chain(node, stats)
@@ -89,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         users = [User(site, i, seed, payout_addresses[i]) for i in range(args.users)]
         threads = [threading.Thread(target=u.run, name=u.name, daemon=True) for u in users]
         rngs = {
-            name: random.Random(f"{seed}:{name}") for name in ("chain", "faults", "proc", "race")
+            name: random.Random(f"{seed}:{name}")
+            for name in ("chain", "faults", "proc", "race", "net")
         }
         loops = [
             ("chain", chain_loop, (site, rngs["chain"])),
@@ -97,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             ("processor", processor_loop, (site, procs, rngs["proc"], args.processor_lease)),
             ("races", race_loop, (site, users, rngs["race"])),
         ]
+        if net is not None:
+            loops.append(("network faults", net_fault_loop, (site, net, rngs["net"])))
         threads += [
             threading.Thread(target=guarded, args=(stats, name, fn, *a), name=name, daemon=True)
             for name, fn, a in loops
@@ -116,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             # Sellers create campaigns in their first steps: none means the soak's forms or page
             # parsing no longer fit the site, and nothing was bought or sold.
             stats.problem("no campaign was created or seen: the soak no longer fits the sell page")
+        if net is not None:
+            net.heal()
+            if net.active() or netfaults.our_rules():
+                raise RuntimeError("network faults still in place after the heal")
 
         # 4. Heal: no more faults; let the system drain.
         heal_start = time.monotonic()
@@ -143,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 setup_seconds=setup_seconds, started=started, stats=stats, dump=dump, rec=rec,
                 left=left, heal_seconds=heal_seconds, locks_left=locks_left, audit=audit,
                 web_logs=procs.log_paths("gunicorn"), worker_logs=procs.log_paths("worker"),
-                stuck=stuck,
+                stuck=stuck, replay=replay_options(args),
             )
         )  # fmt: skip
         print("\n".join(out), flush=True)
@@ -153,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         site.stop.set()
+        if net is not None:
+            net.heal()
         procs.stop()
+        if caves is not None:
+            caves.stop()
         node.stop()
         with stats.lock:
             stats.journal.close()
@@ -163,6 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"soak: logs and store kept in {work}", flush=True)
     return 0 if ok else 1
+
+
+def replay_options(args) -> str:
+    return "".join(
+        f" --{name.replace('_', '-')}"
+        for name in ("couchbase", "net_faults")
+        if getattr(args, name)
+    )
 
 
 def heal(args, procs: Processes, chain: Chain, stats: Stats, port: int) -> tuple[list[str], dict]:

@@ -276,7 +276,10 @@ class Processes:
             f.close()
 
 
-def make_env(work: Path, rpc_url: str) -> tuple[dict, str]:
+def make_env(work: Path, rpc_url: str, couchbase: dict | None = None) -> tuple[dict, str]:
+    """The site's settings for every process of the soak, and the docstore backend's name.
+    `couchbase`: settings of a cluster the soak started (gocaves.Gocaves.env); otherwise a
+    COUCHBASE_CONNSTR in the environment names a cluster to use, else the embedded store."""
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
     env = {k: v for k, v in os.environ.items() if k in keep}
     env.update(
@@ -318,6 +321,9 @@ def make_env(work: Path, rpc_url: str) -> tuple[dict, str]:
         }
     )
     backend = "embedded"
+    if couchbase:
+        env.update(couchbase)
+        return env, "couchbase (gocaves)"
     if os.environ.get("COUCHBASE_CONNSTR"):
         backend = "couchbase"
         for k, v in os.environ.items():

@@ -85,6 +85,8 @@ def summary(f: Finish) -> tuple[list[str], bool]:
     tracebacks = [t for p in f.web_logs for t in grep(p, "Internal Server Error", 10)][:10]
     worker_errors = sum(count_lines(p, "Traceback") for p in f.worker_logs)
     recovered = sum((pass_counters(p, "recovery.") for p in f.worker_logs), Counter())
+    ambiguous_web = sum(count_lines(p, "Ambiguous") for p in f.web_logs)
+    ambiguous_workers = sum(count_lines(p, "Ambiguous") for p in f.worker_logs)
     money = next((line for line in audit_lines if line.startswith("money:")), "money: ?")
     statuses = ", ".join(f"{s} x{n}" for s, n in sorted(stats.http.items()))
     out = [
@@ -109,6 +111,14 @@ def summary(f: Finish) -> tuple[list[str], bool]:
         f"{web_recoveries}; worker recovery counters: "
         + (", ".join(f"{k} {v}" for k, v in sorted(recovered.items())) or "all zero")
         + f"; worker tracebacks {worker_errors}",
+        *(
+            [
+                "couchbase: log lines naming an ambiguous write (Ambiguous or an SDK "
+                f"AmbiguousTimeout): web {ambiguous_web}, workers {ambiguous_workers}"
+            ]
+            if f.backend.startswith("couchbase")
+            else []
+        ),
         f"unknown outcomes: {sum(stats.unknown.values())} ("
         + (", ".join(f"{k} {v}" for k, v in sorted(stats.unknown.items())) or "none")
         + "); resolved: "
