@@ -125,9 +125,17 @@ MESSAGE = re.compile(r'<li class="message([^"]*)">(.*?)</li>', re.S)
 HEADER_BALANCE = re.compile(r'class="who"[^>]*>[^<]*<span class="amount">(-?\d+\.\d{8})[ A-Z]*<')
 ACCEPTED = re.compile(r'name="accepted_price" value="(\d+)"')
 FILLER = re.compile(r'<input type="radio" name="filler" value="(\d+)"( disabled)?')
+# A ledger row of the account page: time, kind, ref cell, change.
 LEDGER_ROW = re.compile(
-    r'<td class="nowrap">([^<]+)</td>\s*<td>[^<]*</td>\s*<td><code>([^<]*)</code></td>\s*'
-    r'<td class="num amount (?:debit|credit)">([^<]*)</td>',
+    r'<tr><td class="nowrap">([^<]+)</td>\s*<td>[^<]*</td>\s*<td>(.*?)</td>\s*'
+    r'<td class="num amount (debit|credit)">([^<]*)</td>',
+    re.S,
+)
+# The ref cell: the key as it is, or a sale's as links to its campaign and slot (accounts/views.py
+# _ref_cell): a debit is the buyer's slot::, a credit the seller's tx::.
+_REF_CODE = re.compile(r"<code>([^<]*)</code>")
+_REF_SALE = re.compile(
+    r'<a href="/ads/buy-ad-space/([A-Za-z0-9]+)/(\d+)">[^<]*</a>, <a href="[^"]*">slot #(\d+)</a>'
 )
 ADDRESS_H3 = re.compile(r"<h3><code>([a-z0-9]+)</code>")
 CURRENT_ADDRESS = re.compile(r'data-role="deposit-address">([a-z0-9]+)<')
@@ -143,6 +151,21 @@ SELL_ROW = re.compile(
 
 def messages(text: str) -> list[str]:
     return [html.unescape(re.sub(r"<[^>]+>", "", m)) for _, m in MESSAGE.findall(text)]
+
+
+def ledger_rows(text: str) -> list[tuple[str, str, int]]:
+    """The account page's ledger rows, newest first: (time, ref, change in sats)."""
+    rows = []
+    for at, cell, side, change in LEDGER_ROW.findall(text):
+        code, sale = _REF_CODE.fullmatch(cell.strip()), _REF_SALE.fullmatch(cell.strip())
+        if code:
+            ref = html.unescape(code.group(1))
+        elif sale:
+            ref = f"{'slot' if side == 'debit' else 'tx'}::{sale.group(1)}::{sale.group(2)}::{sale.group(3)}"
+        else:
+            ref = f"unreadable ref cell {cell.strip()[:80]!r}"
+        rows.append((at, ref, parse_sats(change)))
+    return rows
 
 
 def header_balance(text: str) -> int | None:

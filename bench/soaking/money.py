@@ -11,7 +11,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from .client import ACCEPTED, CANCEL_FORM, FILLER, LEDGER_ROW, Lost
+from .client import ACCEPTED, CANCEL_FORM, FILLER, Lost, ledger_rows
 from .common import (
     LEDGER_ROWS_PER_PAGE,
     MIN_WITHDRAWAL_SATS,
@@ -232,7 +232,7 @@ class MoneyMoves:
             for op in due:
                 op.retry_after = time.monotonic() + 2
             return
-        rows = [(at, ref, parse_sats(delta)) for at, ref, delta in LEDGER_ROW.findall(page.text)]
+        rows = ledger_rows(page.text)
         claimed = set(self.buys) | {f"withdraw::{self.name}::{i}" for i in self.withdrawals}
         claimed |= {f"refund:withdraw::{self.name}::{i}" for i in self.cancels}
         claimed |= {u.ref for u in self.unknowns if u.resolved == "happened"}
