@@ -10,6 +10,10 @@
   cannot be done safely without it: a fail-closed rate limit (sign-in, registration, password
   and code checks), a user change that could not drop its cached copy, a sign-out that could not
   drop the session's. Everything else reads around the cache.
+- An `Ambiguous` docstore write that no view handles (a timeout on a network that lost the
+  packets: the write may have landed): 503 again, saying the change may or may not have been
+  made. Every protocol survives stopping at any point (DESIGN.md section 6), so ending the request
+  here is what a crash at that point would do, with an answer instead of a traceback.
 
 The page is rendered without the request: its context processors would load the session and
 the user again, from the service that just failed.
@@ -26,19 +30,25 @@ from django.template.loader import render_to_string
 
 from accounts.ratelimit import RateLimitUnavailable
 from config.cache import CacheUnavailable
-from docstore import TemporaryFailure
+from docstore import Ambiguous, TemporaryFailure
 
 log = logging.getLogger(__name__)
 
 MESSAGE = "The marketplace's data store cannot be reached right now. Nothing was changed; please try again in a moment."
 DATABASE_MESSAGE = "Accounts cannot be reached right now, so signed-in pages are paused. Nothing was changed; please try again in a moment. Ads on other sites keep showing."
 CACHE_MESSAGE = "This cannot be done safely right now: the shared cache cannot be reached. Nothing was changed; please try again in a moment."
+AMBIGUOUS_MESSAGE = (
+    "The marketplace's data store did not confirm a change in time, so it may or may not have "
+    "been made. Reload the page to see where things stand before you try again."
+)
 RETRY_AFTER_SECONDS = "5"
 
 
 def _message(exception: Exception) -> str | None:
     if isinstance(exception, TemporaryFailure):
         return MESSAGE
+    if isinstance(exception, Ambiguous):
+        return AMBIGUOUS_MESSAGE
     if isinstance(exception, RateLimitUnavailable):
         return RateLimitUnavailable.message
     if isinstance(exception, CacheUnavailable):

@@ -493,7 +493,7 @@ def test_bin_serve_and_the_soak_run_gunicorn_with_that_configuration():
     from pathlib import Path
 
     assert "-c config/gunicorn.py" in Path("bin/serve").read_text()
-    assert '"-c", "config/gunicorn.py"' in Path("bench/soak.py").read_text()
+    assert '"-c", "config/gunicorn.py"' in Path("bench/soaking/processes.py").read_text()
     assert "-c config/gunicorn.py" in Path("docs/production.md").read_text()
 
 

@@ -1,6 +1,6 @@
 """A short soak: the real site (gunicorn, run_workers, the test bitcoind) under load and kills.
 
-Runs `bench/soak.py --minutes 0.3 --users 6` as a subprocess, the way `make soak` does for five
+Runs `python -m bench.soaking --minutes 0.3 --users 6` as a subprocess, the way `make soak` does for five
 minutes: the run must end clean (audit passed, no lock left, no 500, no disagreement between what
 the simulated users saw and the server's ledgers). On failure the soak's summary and the seed to
 replay it are in the assertion message; its logs stay in the temporary directory it names.
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_a_short_soak_ends_clean():
     try:
         proc = subprocess.run(
-            [sys.executable, "bench/soak.py", "--minutes", "0.3", "--users", "6"],
+            [sys.executable, "-m", "bench.soaking", "--minutes", "0.3", "--users", "6"],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -14,7 +14,9 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 
 import docstore
-from docstore import TemporaryFailure
+from docstore import Ambiguous, TemporaryFailure
+from docstore.faults import Hook, HookedStore
+from tests.conftest import PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,3 +133,29 @@ def test_manage_py_prints_one_line_and_no_traceback_when_the_cluster_is_down(tmp
         assert done.returncode != 0, command
         assert "Traceback" not in done.stderr, done.stderr
         assert "not reachable" in done.stderr, done.stderr
+
+
+class LoseCounterAnswers(Hook):
+    """The store applies a counter step and its answer is lost (a timeout: Ambiguous)."""
+
+    def after(self, op: str, key: str) -> None:
+        if op == "counter":
+            raise Ambiguous(key)
+
+
+def test_a_write_whose_answer_was_lost_answers_503_saying_it_may_have_been_made(client, db, store):
+    fields = {"username": "erin", "password1": PASSWORD, "password2": PASSWORD}
+    docstore.set_store(HookedStore(store, LoseCounterAnswers()))
+    try:
+        response = client.post("/accounts/register/", fields)
+    finally:
+        docstore.set_store(store)
+    assert response.status_code == 503
+    assert response["Retry-After"]
+    body = response.content.decode()
+    assert "may or may not have been made" in body and "Traceback" not in body
+    # The person goes on: logging in finishes the account the lost answer left unmade.
+    login = client.post("/accounts/login/", {"username": "erin", "password": PASSWORD})
+    assert login.status_code == 302
+    assert client.get("/account/").status_code == 200
+    assert store.get("account::erin").value["balance"] == 0
