@@ -62,8 +62,9 @@ def seed(store, start: int, spread: int, rng: random.Random) -> dict[str, int]:
     placed = 0
     for _ in range(CAMPAIGNS):
         n = gateway.create_campaign(store, clock, "seller", M, 1, 300, 250, [])
-        # The first sale lands so that the price is near the minimum during the run.
-        clock.set(start - SLOT + 60)
+        # The first sale lands so that the price is still falling, 10 minutes from the minimum,
+        # during the run.
+        clock.set(start - SLOT + spread + 600)
         buy.buy_next_slot(store, clock, "first", "seller", n, 0, M)
         last = gateway.get_campaign(store, "seller", n).value["last"]
         target = start + 5 + rng.randrange(spread)
@@ -71,7 +72,7 @@ def seed(store, start: int, spread: int, rng: random.Random) -> dict[str, int]:
         clock.set(start - 30)  # placed before the run, while the price is above every limit
         for j in range(PER_CAMPAIGN):
             buyer = buyers[placed % BUYERS]
-            limit = top - j * 5_000
+            limit = top - j * 2_000
             i = orders.place_order(store, clock, buyer, "seller", n, 0, limit, None)
             if j == 0:
                 due[orders.order_key(buyer, i)] = pricing.due_at(M, last, limit)
@@ -89,8 +90,10 @@ def main() -> None:
     store = docstore.get_store()
     rng = random.Random(7)
     t_seed = time.time()
-    start = int(time.time()) + 60  # seeding takes a while: the run starts a minute from now
+    start = int(time.time()) + 120  # seeding takes a while: the run starts 2 minutes from now
     due = seed(store, start, args.spread, rng)
+    if time.time() > start:
+        sys.exit("seeding took longer than 2 minutes: the first orders were due before the run")
     print(
         f"seeded {CAMPAIGNS} campaigns and {CAMPAIGNS * PER_CAMPAIGN} open orders in "
         f"{time.time() - t_seed:.1f} s"
