@@ -7,13 +7,16 @@ class AdspaceConfig(AppConfig):
     def ready(self):
         from accounts import apikeys, audit, locks, recovery, workers
 
-        from . import api, buy, credit, notices, review, webhooks
+        from . import api, buy, credit, notices, order_exec, review, webhooks
         from . import audit as adspace_audit
 
-        locks.register_finisher("buy", buy.finish_buy_lock)
+        # Every buy lock: a standing order's buy carries its order and finishes it too.
+        locks.register_finisher("buy", order_exec.finish_buy_lock)
         locks.register_finisher("credit", credit.finish_credit_lock)
         locks.register_finisher("reject", review.finish_reject_lock)
         recovery.register_pass("campaigns", buy.recover_campaigns, sharded=True)
+        # After the campaigns: executions whose sale a later buyer finished are resolved here.
+        recovery.register_pass("orders", order_exec.recover_orders, sharded=True)
         audit.register_audit(adspace_audit.audit_adspace)
         # The API key tab lives in accounts, which must not import adspace.
         apikeys.set_campaign_lister(api.seller_campaigns)
@@ -21,6 +24,8 @@ class AdspaceConfig(AppConfig):
         # slot-start scan run on the lead shard's node.
         workers.register_task("creditor", credit.run_creditor, sharded=True)
         workers.register_task("webhooks", webhooks.run_deliverer)
+        # Split by seller like the campaigns' recovery: one node executes a campaign's book.
+        workers.register_task("orders", order_exec.run_executor, sharded=True)
         workers.register_task(
             "slotnotices", notices.queue_slot_notices, every=notices.EVERY_SECONDS
         )

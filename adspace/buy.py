@@ -20,6 +20,7 @@ next buyer of that campaign, the lock's lease recovery, or the campaign recovery
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -70,6 +71,10 @@ class SlotTaken(BuyError):
     message = "Someone else just bought that slot; you were not charged."
 
 
+class Withdrawn(BuyError):
+    message = "The buy was withdrawn before it could take the slot; you were not charged."
+
+
 @dataclass(frozen=True)
 class Sale:
     owner: str
@@ -93,8 +98,15 @@ def buy_next_slot(
     n: int,
     filler_index: int,
     accepted_price: int,
+    *,
+    lock_fields: dict | None = None,
+    before_commit: Callable[[dict], bool] | None = None,
 ) -> Sale:
-    """Buy the next slot of `owner/n` with the buyer's ad, at no more than `accepted_price`."""
+    """Buy the next slot of `owner/n` with the buyer's ad, at no more than `accepted_price`.
+
+    A standing order (adspace.orders) adds `lock_fields` to the buy lock and `before_commit`,
+    called with the taken lock just before the commit point: False releases the lock with no
+    effect and raises Withdrawn. The lock's finisher must then decide the same way."""
     try:
         campaign = gateway.get_campaign(store, owner, n).value
     except NotFound:
@@ -130,8 +142,11 @@ def buy_next_slot(
     lock = locks.take_lock(
         store, clock, buyer, "buy", gateway.slot_key(owner, n, k), spend=price,
         owner=owner, n=n, slot=k, filler=gateway.filler_key(buyer, filler_index), price=price,
-        purchasedAt=now, startsAt=starts_at, endsAt=ends_at,
+        purchasedAt=now, startsAt=starts_at, endsAt=ends_at, **(lock_fields or {}),
     )  # fmt: skip
+    if before_commit is not None and not before_commit(lock):
+        locks.release(store, buyer, lock["token"])
+        raise Withdrawn()
     if not _insert_slot(store, buyer, lock):
         locks.release(store, buyer, lock["token"])
         raise SlotTaken()

@@ -46,6 +46,32 @@ def current_price(min_price: int, last: LastSale | None, now: int) -> int:
     return max(min_price, min_price + fall)
 
 
+def due_at(min_price: int, last: LastSale | None, limit: int) -> int | None:
+    """The first second at which `current_price(min_price, last, t) <= limit`, or None if never
+    (a limit below the minimum). Before the first sale the price is the minimum at any time (0).
+
+    Closed form of the line above: for S <= t < E, with A = 2P - M and D = E - S, the price is
+    M + floor((2A(E - t) + D) / 2D), which is <= L exactly when 2A(E - t) < 2D(L - M + 1) - D,
+    i.e. t > E - R / 2A with R = 2D(L - M + 1) - D; the least such integer t is
+    E - ceil(R / 2A) + 1. The price never rises with t, so every later second is due too.
+    """
+    _require_ints(min_price=min_price, limit=limit)
+    if limit < min_price:
+        return None
+    if last is None:
+        return 0
+    price, purchased_at, ends_at = last["price"], last["purchasedAt"], last["endsAt"]
+    _require_ints(price=price, purchasedAt=purchased_at, endsAt=ends_at)
+    if ends_at <= purchased_at:  # no fall to speak of: the minimum from the end on
+        return ends_at
+    if limit >= current_price(min_price, last, purchased_at):
+        return purchased_at
+    a, d = 2 * price - min_price, ends_at - purchased_at
+    r = 2 * d * (limit - min_price + 1) - d
+    # E - ceil(R / 2A) + 1, with ceil(x / y) = -(-x // y)
+    return min(ends_at, max(purchased_at, ends_at + (-r // (2 * a)) + 1))
+
+
 def next_slot_times(slot_hours: int, last: LastSale | None, now: int) -> tuple[int, int]:
     """(startsAt, endsAt) of the slot bought at `now`: queued right behind the last sold slot."""
     _require_ints(slot_hours=slot_hours, now=now)

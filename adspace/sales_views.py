@@ -23,7 +23,7 @@ from accounts import locks
 from accounts.security import accepts_body_up_to
 from docstore import Ambiguous, NotFound, TemporaryFailure, get_clock, get_store
 
-from . import gateway, review, sales, stats_chart, stats_report
+from . import gateway, orders, review, sales, stats_chart, stats_report
 from .views import _INDEX, MAX_INDEX, PageError, _back, _page_or_404, _shows_errors
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,9 @@ def _render(request: HttpRequest, campaigns: list[dict], campaign: dict | None) 
         "page": page,
         "total": paginator.count,
         "reason_max": review.MAX_REASON,
+        "order_book": None
+        if campaign is None
+        else orders.book_summary(store, campaign["owner"], campaign["n"], now),
     }
     return render(request, "adspace/sales.html", context)
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import export_views, sales_views, views, webhook_views
+from . import export_views, order_views, sales_views, views, webhook_views
 
 urlpatterns = [
     path("ads/sell-ad-space/", views.sell, name="sell"),
@@ -14,7 +14,11 @@ urlpatterns = [
     path("ads/buy-ad-space/<str:user>/<str:n>/buy", views.buy_slot, name="buy"),
     path("ads/buy-ad-space/<str:user>/<str:n>/edit", views.edit_campaign, name="edit_campaign"),
     path("ads/buy-ad-space/<str:user>/<str:n>/pause", views.pause_campaign, name="pause_campaign"),
+    path("ads/buy-ad-space/<str:user>/<str:n>/order", order_views.place, name="place_order"),
     path("account/purchases/", views.purchases, name="purchases"),
+    path("account/orders/", order_views.order_list, name="orders"),
+    path("account/orders/<str:index>/limit", order_views.edit, name="edit_order"),
+    path("account/orders/<str:index>/cancel", order_views.cancel, name="cancel_order"),
     path("account/ads/<str:index>/archive", views.archive_ad, name="archive_ad"),
     path("account/ads/", views.my_ads, name="my_ads"),
     path("account/ads/new/", views.new_ad, name="new_ad"),

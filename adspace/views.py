@@ -32,7 +32,7 @@ from accounts.security import accepts_body_up_to
 from accounts.templatetags.cached_url import cached_reverse
 from docstore import Ambiguous, NotFound, TemporaryFailure, get_clock, get_store
 
-from . import buy, fragments, gateway, images, pricing, services, serving
+from . import buy, fragments, gateway, images, orders, pricing, services, serving
 from .credit import owner_earnings
 from .forms import AdForm, CampaignEditForm, CampaignForm
 
@@ -609,6 +609,9 @@ def campaign(request: HttpRequest, user: str, n: str) -> HttpResponse:
         },
         **_buy_form_context(request, doc),
     }
+    # Standing orders: the counts for everyone, the form for a buyer with an ad that fits.
+    context["order_book"] = orders.book_summary(store, user, index, now)
+    context["order_ads"] = [a for a in context.get("ads") or () if a["fits"]]
     return render(request, "adspace/campaign.html", context)
 
 

@@ -82,10 +82,12 @@ class Scenario:
 class CountingHook(Hook):
     def __init__(self):
         self.calls = 0
+        self.ops: list[str] = []
         self.writes: list[tuple[str, str]] = []
 
     def before(self, op: str, key: str) -> None:
         self.calls += 1
+        self.ops.append(op)
 
     def after(self, op: str, key: str) -> None:
         if op in MUTATING:
@@ -148,9 +150,20 @@ def run_guarded(scenario: Scenario, fn: Callable[[], Any]) -> Any:
 
 
 def count_calls(scenario: Scenario, fn: Callable[[Store], Any], store: Store) -> int:
+    return len(call_ops(scenario, fn, store))
+
+
+def call_ops(scenario: Scenario, fn: Callable[[Store], Any], store: Store) -> list[str]:
     hook = CountingHook()
     run_guarded(scenario, lambda: fn(HookedStore(store, hook)))
-    return hook.calls
+    return hook.ops
+
+
+def fault_points(ops: list[str], writes_only: bool) -> list[int]:
+    """The calls to crash or pause at: all, or (`writes_only`) the writes alone. A crash at a
+    read is the same as one before the next write or after the last one, so the writes alone
+    still reach every state a crash can leave; a long flow on a slow backend uses it."""
+    return [i for i, op in enumerate(ops) if not writes_only or op in MUTATING]
 
 
 def pass_lease(clock: FixedClock) -> None:
@@ -171,14 +184,18 @@ def finish_and_check(scenario: Scenario, world: World, label: str) -> None:
     assert not hook.writes, f"{scenario.name} [{label}]: second recovery wrote {hook.writes}"
 
 
-def run_crash_points(scenario: Scenario, make_store: Callable[[], Store], levels: int = 2) -> int:
-    """Crash the flow at every call (and recovery at every call of its own). Returns runs made."""
+def run_crash_points(
+    scenario: Scenario,
+    make_store: Callable[[], Store],
+    levels: int = 2,
+    writes_only: bool = False,
+) -> int:
+    """Crash the flow at every call (and recovery at every call of its own). Returns runs made.
+    With `writes_only`, at every write of each (see fault_points)."""
     full = full_matrix(make_store)
     probe = new_world(scenario, make_store)
-    flow_calls = count_calls(
-        scenario, lambda s: scenario.flow(s, probe.clock, probe.ctx), probe.store
-    )
-    assert flow_calls > 0, f"{scenario.name}: the flow made no docstore call"
+    flow_ops = call_ops(scenario, lambda s: scenario.flow(s, probe.clock, probe.ctx), probe.store)
+    assert flow_ops, f"{scenario.name}: the flow made no docstore call"
     runs = 0
 
     def crashed_world(i: int, mode: str) -> World:
@@ -189,7 +206,7 @@ def run_crash_points(scenario: Scenario, make_store: Callable[[], Store], levels
         pass_lease(world.clock)
         return world
 
-    for i in range(flow_calls):
+    for i in fault_points(flow_ops, writes_only):
         for mode in MODES:
             world = crashed_world(i, mode)
             finish_and_check(scenario, world, f"flow call {i} {mode}")
@@ -197,10 +214,10 @@ def run_crash_points(scenario: Scenario, make_store: Callable[[], Store], levels
             if levels < 2:
                 continue
             probe = crashed_world(i, mode)
-            recovery_calls = count_calls(
+            recovery_ops = call_ops(
                 scenario, lambda s, w=probe: scenario.recover(s, w.clock), probe.store
             )
-            for j in range(recovery_calls):
+            for j in fault_points(recovery_ops, writes_only):
                 for rmode in recovery_modes(i, mode, j, full):
                     world = crashed_world(i, mode)
                     hooked = HookedStore(world.store, FaultAt(j, rmode))
@@ -230,13 +247,14 @@ def run_lease_matrix(
     scenario: Scenario,
     make_store: Callable[[], Store],
     rivals: dict[str, Callable[[Store, FixedClock, Any], Any]],
+    writes_only: bool = False,
 ) -> int:
-    """Owner paused past its lease before call k while a rival makes j calls, for every k, j."""
+    """Owner paused past its lease before call k while a rival makes j calls, for every k, j.
+    With `writes_only`, k runs over the owner's writes (a pause before a write is the one that
+    matters: what the owner read is then stale) and j over the rival's writes and its end."""
     full = full_matrix(make_store)
     probe = new_world(scenario, make_store)
-    owner_calls = count_calls(
-        scenario, lambda s: scenario.flow(s, probe.clock, probe.ctx), probe.store
-    )
+    owner_ops = call_ops(scenario, lambda s: scenario.flow(s, probe.clock, probe.ctx), probe.store)
     runs = 0
 
     def paused_world(k: int) -> tuple[World, greenlet.greenlet, PauseAt]:
@@ -256,14 +274,21 @@ def run_lease_matrix(
         pass_lease(world.clock)
         return world, g, pause
 
-    for k in range(owner_calls):
+    for k in fault_points(owner_ops, writes_only):
         for name, rival in rivals.items():
             world, g, _ = paused_world(k)
-            rival_calls = count_calls(
+            rival_ops = call_ops(
                 scenario, lambda s, w=world, r=rival: r(s, w.clock, w.ctx), world.store
             )
+            rival_calls = len(rival_ops)
             g.switch()
-            for j in rival_stops(k, rival_calls, full):
+            if writes_only:  # the rival dies just before or just after its writes (rotated)
+                writes = [j for j, op in enumerate(rival_ops) if op in MUTATING]
+                writes = [j for x, j in enumerate(writes) if full or x % 3 == k % 3]
+                stops = sorted({0, rival_calls} | set(writes) | {j + 1 for j in writes})
+            else:
+                stops = rival_stops(k, rival_calls, full)
+            for j in stops:
                 world, g, pause = paused_world(k)
                 assert pause.paused, f"{scenario.name}: owner never reached call {k}"
                 hooked = HookedStore(world.store, FaultAt(j if j < rival_calls else None))

@@ -153,7 +153,8 @@ def test_every_account_tab_links_to_a_page_that_answers(client, store, seller):
     tabs = re.search(r'<nav class="tabs".*?</nav>', html, re.S).group(0)
     links = re.findall(r'href="([^"]+)"', tabs)
     assert links == [
-        "/account/", "/account/funds/", "/account/withdraw/", "/account/purchases/", "/account/ads/",
+        "/account/", "/account/funds/", "/account/withdraw/", "/account/purchases/",
+        "/account/orders/", "/account/ads/",
         "/account/ads/new/", "/account/sales/", "/account/api-key/", "/account/security/",
     ]  # fmt: skip
     for link in links:

@@ -119,7 +119,9 @@ def test_an_account_with_an_expired_lock_and_stuck_getting_is_finished_in_one_pa
     stuck_getting(tiny, clock, "cat")
     adjust_lock(tiny, clock, "cat")
     clock.advance(locks.lease_seconds())
-    assert run_recovery(tiny, clock) == {"locks": 1, "keypool": 1, "campaigns": 0, "withdrawals": 0}
+    assert run_recovery(tiny, clock) == {
+        "locks": 1, "keypool": 1, "campaigns": 0, "orders": 0, "withdrawals": 0
+    }  # fmt: skip
     account = get_account(tiny, "cat").value
     assert account["lock"] is None and account["btc"]["state"] == "have"
     assert account["balance"] == 5

@@ -207,7 +207,7 @@ def test_run_workers_recovers_on_its_first_pass_only_within_the_interval(
     call_command("run_workers", stdout=out, verbosity=2)
     text = out.getvalue()
     assert (
-        "tasks recovery (every 3600 s), notices, creditor, webhooks, slotnotices (every 30 s)"
+        "tasks recovery (every 3600 s), notices, creditor, webhooks, orders, slotnotices (every 30 s)"
         in text
     )
     assert "pass 1: recovery.locks=1" in text and "run_workers stopped after 3 pass(es)" in text

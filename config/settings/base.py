@@ -285,6 +285,14 @@ UPLOAD_RATE_LIMIT = env.int("UPLOAD_RATE_LIMIT", default=30)
 MAX_CAMPAIGNS_PER_USER = env.int("MAX_CAMPAIGNS_PER_USER", default=100)
 MAX_ADS_PER_USER = env.int("MAX_ADS_PER_USER", default=200)
 MAX_IMAGE_BYTES_PER_USER = env.int("MAX_IMAGE_BYTES_PER_USER", default=50 * 1024 * 1024)
+# Standing orders (adspace.orders): open orders per user, and how long the executor waits within
+# a worker pass for the next order coming due (so it fills within ms of its second).
+MAX_OPEN_ORDERS = env.int("MAX_OPEN_ORDERS", default=20)
+ORDERS_WAIT_SECONDS = env.float("ORDERS_WAIT_SECONDS", default=1.0)
+if MAX_OPEN_ORDERS < 1 or not 0 <= ORDERS_WAIT_SECONDS <= 10:
+    raise environ.ImproperlyConfigured(
+        "MAX_OPEN_ORDERS must be at least 1 and ORDERS_WAIT_SECONDS between 0 and 10"
+    )
 # Live-ad API answers per key, campaign and slot (the original allowed 50); 0 turns it off.
 API_REQUESTS_PER_SLOT = env.int("API_REQUESTS_PER_SLOT", default=50)
 
