@@ -5,7 +5,9 @@ changes (a sale moves `last`) or the next boundary passes (the live slot ends, o
 starts). Each process keeps them per campaign with the doc they were made from and that
 boundary, so a page view re-renders them only when they really change: the slot reads, the ad
 and image reads and most of the template work leave the per-request path. Slot and ad documents
-never change once written, so the campaign doc and the clock decide everything here.
+never change once written, so the campaign doc and the clock decide everything here. Review
+decisions live on the campaign doc too (adspace.review.mark): a rejected or taken-down ad leaves
+"Showing now" and each decided slot of the queue says so.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from docstore import Store
 
-from . import services
+from . import review, services
 from .serving import store_ident
 
 # A few KB each; the campaigns hot in one process.
@@ -64,9 +66,12 @@ def clear() -> None:
 
 def _render(store: Store, owner: str, n: int, campaign: dict, now: int) -> SlotsPart:
     queue = services.unended_slots(store, owner, n, campaign.get("last"), now)
+    reviews = {slot.index: review.review_state(campaign, slot.index) for slot in queue}
     live = queue[0] if queue and queue[0].live else None
-    live_ad = None
-    if live is not None:
+    live_ad = withdrawn = None
+    if live is not None and reviews[live.index] in ("rejected", "hidden"):
+        withdrawn = live  # what the embed and the API serve instead: nothing
+    elif live is not None:
         filler = services.get_filler_by_key(store, live.filler)
         if filler is not None:
             url = services.image_urls(store, [filler["image"]]).get(filler["image"])
@@ -75,8 +80,12 @@ def _render(store: Store, owner: str, n: int, campaign: dict, now: int) -> Slots
     until = None
     if queue:
         until = int(queue[0].ends_at.timestamp() if live else queue[0].starts_at.timestamp())
-    showing = render_to_string("adspace/_campaign_showing.html", {"live_ad": live_ad})
-    queue_html = render_to_string("adspace/_campaign_queue.html", {"queue": queue})
+    showing = render_to_string(
+        "adspace/_campaign_showing.html", {"live_ad": live_ad, "withdrawn": withdrawn}
+    )
+    queue_html = render_to_string(
+        "adspace/_campaign_queue.html", {"queue": queue, "reviews": reviews}
+    )
     # Jinja2 hands back plain text; it is our own escaped markup, to be inserted as it is.
     return SlotsPart(
         showing=mark_safe(showing),  # noqa: S308

@@ -32,8 +32,8 @@ from django.conf import settings
 
 from accounts import locks
 from accounts.gateway import account_key, get_account
-from accounts.shards import ALL, Shard
 from accounts.money import format_btc
+from accounts.shards import ALL, Shard
 from docstore import Ambiguous, CasMismatch, Clock, DocstoreError, NotFound, Store
 from docstore.clock import SystemClock
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from django.urls import path, re_path
 
-from . import api, delivery_views, views
+from . import api, delivery_views, live, views
 
 urlpatterns = [
     # Path parts are matched loosely and checked in the view, so every malformed one gets the
     # API's JSON 404 rather than Django's HTML page.
     path("api/v1/ads/<str:user>/<str:n>/current", api.current_ad, name="ad_api_current"),
     path("api/v1/stats/<str:user>/<str:n>", api.campaign_stats, name="stats_api"),
+    path("api/v1/campaigns/<str:user>/<str:n>/live", live.campaign_live, name="campaign_live"),
     re_path(r"^api/(?P<rest>.*)$", api.api_not_found, name="api_not_found"),
     # The size before the page: "<n>.json" would otherwise be read as the index "0.json".
     re_path(r"^embed/(?P<user>[^/]+)/(?P<n>[^/]+)\.json$", api.embed_size, name="embed_size"),

@@ -32,7 +32,7 @@ from accounts.security import accepts_body_up_to
 from accounts.templatetags.cached_url import cached_reverse
 from docstore import Ambiguous, NotFound, TemporaryFailure, get_clock, get_store
 
-from . import buy, fragments, gateway, images, orders, pricing, services, serving
+from . import buy, gateway, images, live, orders, pricing, services, serving
 from .credit import owner_earnings
 from .forms import AdForm, CampaignEditForm, CampaignForm
 
@@ -594,11 +594,13 @@ def campaign(request: HttpRequest, user: str, n: str) -> HttpResponse:
     store, now = get_store(), get_clock().now()
     last = doc.get("last")
     row = services.campaign_row(doc, now)
-    next_start, _ = pricing.next_slot_times(doc["slotHours"], last, now)
+    # The parts a sale, a boundary, a pause or a review changes, as the live updates send them.
+    head = live.head(store, user, index, doc, now)
     context = {
         "campaign": row,
-        "slots": fragments.slots_part(store, user, index, doc, now),
-        "next_starts_at": services.utc(next_start) if next_start > now else None,
+        "parts": head.parts,
+        "live": {"url": cached_reverse("campaign_live", (user, index)), "etag": head.etag},
+        # Drawn at this moment (the live updates draw it at the last sale).
         "chart": mark_safe(pricing.chart_svg(row.min_price, last, now)),  # noqa: S308 our markup
         "js": {
             "server_now": now,
@@ -621,8 +623,8 @@ def _buy_form_context(request: HttpRequest, doc: dict) -> dict:
     store, username = get_store(), request.user.username
     if buy.is_own_campaign(username, doc):
         return {"ads": None, "own": True}
-    if doc.get("paused"):
-        return {"ads": None, "paused": True}
+    # Read while paused too: the form is on the page, hidden, for the live updates to show it
+    # again on a resume.
     # The newest ads only: a page view must not read thousands of documents.
     count = gateway.filler_count(store, username)
     first = max(0, count - BUY_FORM_MAX_ADS)

@@ -214,6 +214,7 @@ def measure(base: str, seed: dict, args, work: Path) -> dict:
         "embed": (f"{base}/embed/{owner}/{n}", None),
         "image": (f"{base}{seed['image']}", None),
         **delivery_rows(base, owner, n, work),
+        **live_rows(base, owner, n, work),
         "campaign page": (f"{base}/ads/buy-ad-space/{owner}/{n}", None),
         "sellers list": (f"{base}/ads/buy-ad-space/", None),
         "account page": (f"{base}/account/", str(account_lua)),
@@ -341,6 +342,7 @@ TARGETS_X_BARE = {
     "image": 0.8,
     "click redirect": 0.8,
     "beacon": 0.8,
+    "live 304": 0.8,
     "campaign page": 0.4,
 }
 
@@ -411,6 +413,17 @@ def delivery_rows(base: str, owner: str, n: str, work: Path) -> dict[str, tuple[
         "click redirect": (base + click[1], str(script)),
         "beacon": (base + beacon[1], str(script)),
     }
+
+
+def live_rows(base: str, owner: str, n: str, work: Path) -> dict[str, tuple[str, str]]:
+    """The campaign page's live-update poll (adspace/live.py) as an open page sends it: with the
+    ETag it holds, so nearly every answer is a 304 (the campaign changes only on a sale, a slot
+    boundary, a pause or a review)."""
+    url = f"{base}/api/v1/campaigns/{owner}/{n}/live"
+    etag = urllib.request.urlopen(url, timeout=10).headers["ETag"]
+    script = work / "live.lua"
+    script.write_text(f"wrk.headers[\"If-None-Match\"] = '{etag}'\n")
+    return {"live 304": (url, str(script))}
 
 
 if __name__ == "__main__":

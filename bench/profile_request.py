@@ -93,6 +93,18 @@ def delivery_requests(handler, embed: dict) -> dict[str, dict]:
     }
 
 
+def live_request(handler, campaign: dict) -> dict:
+    """The campaign page's live-update poll, holding the ETag the head has now (a 304)."""
+    owner, n = campaign["PATH_INFO"].rsplit("/", 2)[1:]
+    url = f"/api/v1/campaigns/{owner}/{n}/live"
+    env = environ_for("GET", url, {})
+    env["wsgi.input"] = io.BytesIO(env.pop("_body"))
+    headers = []
+    for _ in handler(env, lambda s, h, exc_info=None: headers.extend(h)):
+        pass
+    return environ_for("GET", url, {"If-None-Match": dict(headers)["ETag"]})
+
+
 def requests(work: Path) -> dict[str, object]:
     seed = json.loads((work / "seed.json").read_text())
     owner, n = seed["campaign"].split("/")
@@ -191,6 +203,7 @@ def main() -> None:
     handler = build_application()
     catalogue = requests(args.work)
     catalogue.update(delivery_requests(handler, catalogue["embed"]))
+    catalogue["live"] = live_request(handler, catalogue["campaign"])
     for name in args.rows:
         template = catalogue[name]
         statuses = {call(handler, template) for _ in range(20)}  # warm the caches

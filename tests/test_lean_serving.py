@@ -189,6 +189,17 @@ SERVING_REQUESTS = {
     ),
     "beacon forged": ("GET", "/i/{click}", {}),
     "stats api": ("GET", "/api/v1/stats/sam/0", {"Authorization": "Bearer {key}"}),
+    "live head": ("GET", "/api/v1/campaigns/sam/0/live", {}),
+    "live head placeholder": ("GET", "/api/v1/campaigns/sam/1/live", {}),
+    "live revalidation": ("GET", "/api/v1/campaigns/sam/0/live", {"If-None-Match": "*"}),
+    "live unknown campaign": ("GET", "/api/v1/campaigns/sam/9/live", {}),
+    "live malformed index": ("GET", "/api/v1/campaigns/sam/07/live", {}),
+    "live huge if-none-match": (
+        "GET",
+        "/api/v1/campaigns/sam/0/live",
+        {"If-None-Match": '"x", ' * 1000},
+    ),
+    "live post": ("POST", "/api/v1/campaigns/sam/0/live", {}),
     "stats api wrong key": ("GET", "/api/v1/stats/sam/0", {"Authorization": "Bearer nope"}),
 }
 
@@ -298,7 +309,7 @@ def test_every_serving_pattern_is_under_a_serving_prefix_and_is_the_same_view_on
     for pattern in serving_urls.urlpatterns:
         route = str(pattern.pattern).removeprefix("^")
         assert ("/" + route).startswith(handlers.SERVING_PREFIXES), route
-    for name in ("api live ad", "embed live ad", "embed size", "embed.js", "image"):
+    for name in ("api live ad", "embed live ad", "embed size", "embed.js", "image", "live head"):
         url = SERVING_REQUESTS[name][1].partition("?")[0]
         assert resolve(url, urlconf="config.urls").func is resolve(url, serving_urls).func
 
@@ -438,7 +449,7 @@ def test_an_unreachable_store_gives_the_same_answers_on_both_paths(app, world, s
 
     docstore.set_store(HookedStore(store, Down()))
     try:
-        for name in ("api live ad", "embed live ad", "embed size", "image"):
+        for name in ("api live ad", "embed live ad", "embed size", "image", "live head"):
             environ = serving_environ(name, world, None)
             lean, full = answer(app, environ), answer(app.full, environ)
             assert lean == full, name

@@ -188,7 +188,7 @@ def test_threads_buying_while_the_seller_pauses_are_whole_or_refused(store, cloc
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("who", [None, "buyer", "seller"])
-def test_the_campaign_page_says_it_is_paused_and_offers_no_buy_form(
+def test_the_campaign_page_says_it_is_paused_and_shows_no_buy_form(
     client, store, clock, seller, buyer, who
 ):
     users = {"buyer": buyer, "seller": seller}
@@ -202,7 +202,13 @@ def test_the_campaign_page_says_it_is_paused_and_offers_no_buy_form(
     html = client.get("/ads/buy-ad-space/seller/0").content.decode()
     assert "This campaign is paused" in html
     assert "No slot can be bought while the campaign is paused." in html
-    assert 'data-role="buy-form"' not in html
+    # The form stays in the page, hidden (shown again by the live updates on a resume).
+    assert '<div data-live-when="selling" hidden>' in html
+    assert 'data-live-when="paused" hidden' not in html
+    assert html.count('data-role="buy-form"') == (who == "buyer")
+    if who == "buyer":
+        selling = html.index('<div data-live-when="selling" hidden>')
+        assert selling < html.index('data-role="buy-form"') < html.index("</div>", selling + 1)
     assert ("Resume sales" in html) == (who == "seller")
 
 
