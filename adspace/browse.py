@@ -28,10 +28,10 @@ cheaper than re-reading everything: see README, Architecture.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import threading
 from dataclasses import dataclass
-from fractions import Fraction
 
 from accounts.gateway import directory_size
 from docstore import Store
@@ -73,7 +73,10 @@ class Head:
     last: dict | None  # {"price", "purchasedAt", "endsAt"} of the last sale, or None
 
     def price(self, now: int) -> int:
-        return pricing.current_price(self.min_price, self.last, now)
+        last = self.last
+        if last is None or now >= last["endsAt"]:
+            return self.min_price  # most campaigns most of the time: no arithmetic
+        return pricing.current_price(self.min_price, last, now)
 
     def open_at(self, now: int) -> bool:
         """A slot bought now would start at once: nothing sold is running or queued."""
@@ -120,29 +123,34 @@ class Snapshot:
                  refs: list[tuple[str, int]], heads: list[Head]):  # fmt: skip
         self.ident, self.built_at, self.serial = ident, built_at, serial
         self.dir_seen, self.holes, self.refs = dir_seen, holes, refs
-        live = [h for h in heads if not h.paused]
-        self.live = live
+        self.live = [h for h in heads if not h.paused]
         self.by_size: dict[tuple[int, int], list[Head]] = {}
-        for h in live:
+        for h in self.live:
             self.by_size.setdefault((h.width, h.height), []).append(h)
-        # Orders that do not depend on the second, sorted once per snapshot.
-        self.by_min_price = sorted(live, key=lambda h: (h.min_price, h.owner, h.n))
-        self.newest = sorted(live, key=lambda h: (-h.created_at, h.owner, -h.n))
-        # The fall is a straight line, so its slope (sats a second) is fixed by the last sale;
-        # compared exactly, as fractions.
-        falling = [
-            h for h in live if h.last is not None and h.last["endsAt"] > h.last["purchasedAt"]
-        ]
-        self.by_slope = sorted(
-            falling,
-            key=lambda h: (
-                -Fraction(
-                    2 * h.last["price"] - h.min_price, h.last["endsAt"] - h.last["purchasedAt"]
-                ),
-                h.owner,
-                h.n,
-            ),
-        )
+
+    # Orders that do not depend on the second, sorted once per snapshot and only if the home
+    # page asks (the browse list does not need them).
+    @functools.cached_property
+    def by_min_price(self) -> list[Head]:
+        return sorted(self.live, key=lambda h: (h.min_price, h.owner, h.n))
+
+    @functools.cached_property
+    def newest(self) -> list[Head]:
+        return sorted(self.live, key=lambda h: (-h.created_at, h.owner, -h.n))
+
+    @functools.cached_property
+    def by_slope(self) -> list[Head]:
+        """Campaigns with a sale, steepest fall first. The fall is a straight line, so its slope
+        (sats a second) is fixed by the last sale; compared as an integer scaled by 2^64, exact
+        to far below a sat a second (a Fraction per campaign cost more than the rest)."""
+        falling = [h for h in self.live if h.last is not None]
+        return sorted(falling, key=lambda h: (-_slope_key(h), h.owner, h.n))
+
+
+def _slope_key(h: Head) -> int:
+    last = h.last
+    span = last["endsAt"] - last["purchasedAt"]
+    return ((2 * last["price"] - h.min_price) << 64) // span if span > 0 else 0
 
 
 _snapshots = serving.BoundedCache(4)  # store ident -> Snapshot (emptied by clear_cache)

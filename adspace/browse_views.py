@@ -44,6 +44,9 @@ SIZE_MESSAGE = (
 )
 HOURS_MESSAGE = f"Enter the slot length as a whole number of hours, 1 to {MAX_SLOT_HOURS}."
 SITE_MESSAGE = "The site filter is either on or off."
+COMMON_SIZE_OPTIONS = mark_safe(  # noqa: S308 - numbers only
+    "".join(f'<option value="{w}x{h}">' for w, h in browse.COMMON_SIZES)
+)
 PAGE_MESSAGE = "The page must be a whole number from 1 to 999999."
 
 
@@ -107,8 +110,7 @@ def campaigns(request: HttpRequest) -> HttpResponse:
     context = {
         "form": {name: params.get(name, "")[:MAX_FIELD_LENGTH] for name in FILTER_FIELDS},
         "errors": errors,
-        "common_sizes": browse.COMMON_SIZES,
-        "filtered": True,
+        "common_sizes": COMMON_SIZE_OPTIONS,
     }
     if errors:
         return render(request, "adspace/browse.html", context, status=400)
@@ -146,7 +148,7 @@ def form_context() -> dict:
     return {
         "form": dict.fromkeys(FILTER_FIELDS, ""),
         "errors": {},
-        "common_sizes": browse.COMMON_SIZES,
+        "common_sizes": COMMON_SIZE_OPTIONS,
     }
 
 
