@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from html import escape
 
@@ -60,16 +61,30 @@ LOCK_LABELS = {
 }
 
 
+# What the home page shows of other apps (the adspace app's live campaign lists), registered in
+# their AppConfig.ready: accounts must not import them.
+_home_sections: list[Callable[[HttpRequest], dict]] = []
+
+
+def register_home_section(section: Callable[[HttpRequest], dict]) -> None:
+    if section not in _home_sections:
+        _home_sections.append(section)
+
+
 def home(request: HttpRequest) -> HttpResponse:
-    return render(
-        request,
-        "home.html",
-        {
-            "sale_fee_permille": settings.SALE_FEE_PERMILLE,
-            "withdraw_fee_permille": settings.WITHDRAW_FEE_PERMILLE,
-            "min_price_sats": settings.MIN_CAMPAIGN_PRICE_SATS,
-        },
-    )
+    context = {
+        "sale_fee_permille": settings.SALE_FEE_PERMILLE,
+        "withdraw_fee_permille": settings.WITHDRAW_FEE_PERMILLE,
+        "min_price_sats": settings.MIN_CAMPAIGN_PRICE_SATS,
+    }
+    for section in _home_sections:
+        try:
+            context.update(section(request))
+        except DocstoreError:
+            # The page says what this is even while the store is down; the lists say they wait.
+            log.warning("home: a section could not be read", exc_info=True)
+            context["sections_unavailable"] = True
+    return render(request, "home.html", context)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

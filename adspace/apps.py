@@ -30,6 +30,12 @@ class AdspaceConfig(AppConfig):
             "slotnotices", notices.queue_slot_notices, every=notices.EVERY_SECONDS
         )
 
+        from accounts import views as account_views
+
+        from . import browse_views
+
+        account_views.register_home_section(browse_views.home_context)
+
         from . import admin_pages
 
         admin_pages.register_admin()

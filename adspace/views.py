@@ -32,7 +32,7 @@ from accounts.security import accepts_body_up_to
 from accounts.templatetags.cached_url import cached_reverse
 from docstore import Ambiguous, NotFound, TemporaryFailure, get_clock, get_store
 
-from . import buy, gateway, images, live, orders, pricing, services, serving
+from . import browse_views, buy, gateway, images, live, orders, pricing, services, serving
 from .credit import owner_earnings
 from .forms import AdForm, CampaignEditForm, CampaignForm
 
@@ -528,6 +528,8 @@ class _Sellers:
 
 @_shows_errors
 def sellers(request: HttpRequest) -> HttpResponse:
+    if browse_views.is_query(request.GET):
+        return browse_views.campaigns(request)
     store = get_store()
     paginator = Paginator(_Sellers(store), SELLERS_PER_PAGE, allow_empty_first_page=True)
     page = _page_or_404(paginator, request.GET.get("page"), "sellers")
@@ -536,6 +538,7 @@ def sellers(request: HttpRequest) -> HttpResponse:
         "page": page,
         "sellers": names,
         "seller_items": _seller_items(store, names, gateway.campaign_counts(store, names)),
+        **browse_views.form_context(),
     }
     return render(request, "adspace/sellers.html", context)
 

@@ -217,6 +217,7 @@ def measure(base: str, seed: dict, args, work: Path) -> dict:
         **live_rows(base, owner, n, work),
         "campaign page": (f"{base}/ads/buy-ad-space/{owner}/{n}", None),
         "sellers list": (f"{base}/ads/buy-ad-space/", None),
+        "browse filtered": (f"{base}{BROWSE_PATH}", None),
         "account page": (f"{base}/account/", str(account_lua)),
     }
     samples: dict[str, list[dict]] = {name: [] for name in rows}
@@ -335,6 +336,11 @@ def ratios(rps: float, results: dict) -> str:
     return f"{rps / full:>7.2f} {rps / bare:>7.2f}"
 
 
+# A filtered browse page as a buyer asks for it: one size, a price ceiling, a slot length, only
+# campaigns naming their site, the second page of the results (bench/profile_request.py: `browse`).
+BROWSE_PATH = "/ads/buy-ad-space/?size=300x250&price_min=&price_max=0.01&hours=24&site=1&page=2"
+
+
 # Issue 18's targets, with counting on, over the bare floor measured in the same run.
 TARGETS_X_BARE = {
     "api current": 0.8,
@@ -344,6 +350,8 @@ TARGETS_X_BARE = {
     "beacon": 0.8,
     "live 304": 0.8,
     "campaign page": 0.4,
+    # Issue 19: the filtered browse page (size, price range, slot length, has a site; page 2).
+    "browse filtered": 0.3,
 }
 
 

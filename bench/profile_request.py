@@ -106,6 +106,8 @@ def live_request(handler, campaign: dict) -> dict:
 
 
 def requests(work: Path) -> dict[str, object]:
+    from bench.bench import BROWSE_PATH  # stdlib only
+
     seed = json.loads((work / "seed.json").read_text())
     owner, n = seed["campaign"].split("/")
     conn = sqlite3.connect(work / "docstore.sqlite3")
@@ -146,6 +148,8 @@ def requests(work: Path) -> dict[str, object]:
             "GET", f"/ads/buy-ad-space/{owner}/{n}", {"Cookie": cookie}
         ),
         "sellers": environ_for("GET", "/ads/buy-ad-space/", {}),
+        "browse": environ_for("GET", BROWSE_PATH, {}),  # the bench's filtered browse row
+        "home": environ_for("GET", "/", {}),
         "account": environ_for("GET", "/account/", {"Cookie": cookie}),
         "buy": buy,
     }

@@ -64,7 +64,9 @@ def main() -> None:
         ensure_account(store, clock, name)
         for j in range(2):
             w, h = HOT_SIZE if (i * 2 + j) % 4 != 3 else OTHER_SIZES[i % 2]
-            n = gateway.create_campaign(store, clock, name, 300_000, 24, w, h, [])
+            # Half the campaigns name their site, as the browse row's "has a site" filter reads.
+            site = f"https://{name}.example/" if j == 0 else ""
+            n = gateway.create_campaign(store, clock, name, 300_000, 24, w, h, [], site_url=site)
             campaigns.append((name, n, (w, h)))
     for i in range(args.buyers):
         name = f"b{i}"
