@@ -16,7 +16,6 @@ from django.core.cache import cache, caches
 
 from accounts import ratelimit
 from accounts.auth_backends import UserCacheUnavailable, _user_cache_key
-from accounts.heartbeat import beat
 from accounts.models import User
 from accounts.unavailable import CACHE_MESSAGE
 from config.cache import CacheUnavailable, RedisCache, incr_window
@@ -238,7 +237,9 @@ def test_the_api_keeps_serving_without_redis(client, sold, store, settings, redi
 
 @pytest.mark.django_db
 def test_healthz_shows_the_cache_down_without_failing(client, store, clock, redis_down):
-    beat(store, "run_workers", clock.now(), passes=1)
+    from tests.test_healthz import node_beats
+
+    node_beats(store, clock)
     answer = client.get("/healthz")
     assert answer.status_code == 200
     body = answer.json()

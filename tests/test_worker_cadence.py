@@ -39,7 +39,10 @@ class FakeTime:
 def tasks(monkeypatch):
     """Empty task registries for this test; the real ones come back afterwards."""
     monkeypatch.setattr(workers, "_tasks", {})
+    # Registering replaces a name's kind too: the real kinds must come back with the tasks.
     monkeypatch.setattr(workers, "_every", {})
+    monkeypatch.setattr(workers, "_sharded", set())
+    monkeypatch.setattr(workers, "_roles", {})
     return workers._tasks
 
 

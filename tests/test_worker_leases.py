@@ -281,6 +281,7 @@ def test_a_processor_that_lost_its_lease_sends_nothing(store, clock, node, chain
 # --- /healthz ---------------------------------------------------------------------------------
 
 
+@pytest.mark.django_db
 def test_healthz_shows_every_node_its_shard_and_its_leases(client, store, clock):
     for name, spec in (("w0", Shard(0, 2)), ("w1", Shard(1, 2))):
         nodes.register(store, clock, name, spec, settings.WORKER_STALE_SECONDS)
@@ -297,6 +298,7 @@ def test_healthz_shows_every_node_its_shard_and_its_leases(client, store, clock)
     assert body["leases"]["withdrawals"] is None
 
 
+@pytest.mark.django_db
 def test_healthz_is_red_while_a_shard_has_no_live_node(client, store, clock):
     for name, spec in (("w0", Shard(0, 2)), ("w1", Shard(1, 2))):
         nodes.register(store, clock, name, spec, settings.WORKER_STALE_SECONDS)
@@ -314,6 +316,7 @@ def test_healthz_is_red_while_a_shard_has_no_live_node(client, store, clock):
     assert response.status_code == 200 and response.json()["stale"] == []
 
 
+@pytest.mark.django_db
 def test_healthz_is_red_when_a_shard_stopped_cleanly_and_nobody_runs_it(client, store, clock):
     for name, spec in (("w0", Shard(0, 2)), ("w1", Shard(1, 2))):
         nodes.register(store, clock, name, spec, settings.WORKER_STALE_SECONDS)

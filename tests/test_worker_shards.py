@@ -280,3 +280,36 @@ def test_a_node_that_died_on_this_machine_does_not_block_its_restart(store, cloc
     monkeypatch.undo()
     assert "shard 0/2" in run("--once", "--shard", "0/2", "--node", "web-new")
     assert set(nodes.read_nodes(store, clock.now(), 60)) == {"web-new"}
+
+
+def test_standing_orders_are_executed_by_the_shard_that_owns_their_seller(store, clock):
+    """The order executor and its recovery split the books by seller, like the campaigns."""
+    from accounts.recovery import run_recovery
+    from adspace import order_exec, orders
+
+    make_market(store, clock, buyers=("bob",), funds=10_000_000)
+    placed = {}
+    for seller in SELLERS:
+        ensure_account(store, clock, seller)
+        n = gateway.create_campaign(store, clock, seller, 100_000, 24, 300, 250, [])
+        buy.buy_next_slot(store, clock, "bob", seller, n, 0, HUGE)
+        placed[seller] = orders.place_order(store, clock, "bob", seller, n, 0, 150_000, None)
+    clock.advance(24 * 3600)  # every order is due: the price fell from 200 000 to 100 000
+
+    def bought() -> set[str]:
+        return {
+            seller
+            for seller, i in placed.items()
+            if store.get(orders.order_key("bob", i)).value["state"] == "bought"
+        }
+
+    first, second = Shard(0, 2), Shard(1, 2)
+    assert order_exec.run_executor(store, clock, shard=first)["bought"] == len(
+        owned(first, SELLERS)
+    )
+    assert bought() == owned(first, SELLERS)
+    assert "orders" in run_recovery(store, clock, shard=second)  # a sharded pass on every node
+    order_exec.run_executor(store, clock, shard=second)
+    assert bought() == set(SELLERS)
+    assert_each_sale_charged_once(store)
+    assert_audit_clean(store)

@@ -21,6 +21,10 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 def tasks(monkeypatch):
     """An empty task registry for this test; the real one comes back afterwards."""
     monkeypatch.setattr(workers, "_tasks", {})
+    # Registering replaces a name's kind too: the real kinds must come back with the tasks.
+    monkeypatch.setattr(workers, "_every", {})
+    monkeypatch.setattr(workers, "_sharded", set())
+    monkeypatch.setattr(workers, "_roles", {})
     return workers._tasks
 
 
