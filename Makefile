@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-couchbase test-services lint format bench soak clean
+.PHONY: install run test test-couchbase test-services lint format bench soak soak-cluster clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,3 +56,10 @@ bench:
 
 soak:
 	bench/soak $(SOAK_ARGS)
+
+# The soak on the production topology: gocaves, Redis, PostgreSQL, two web nodes, two worker nodes,
+# node kills and (as root, with iptables) network faults; SOAK_MINUTES long (default 5). Skipped,
+# saying so, without gocaves, redis-server or PostgreSQL.
+SOAK_MINUTES ?= 5
+soak-cluster:
+	SOAK_MINUTES=$(SOAK_MINUTES) SOAK_ARGS="$(SOAK_ARGS)" bench/soak-cluster

@@ -119,8 +119,9 @@ class PostgresServer:
 
     USER = "adspace"
 
-    def __init__(self, bindir: Path):
+    def __init__(self, bindir: Path, max_connections: int = 50):
         self.bindir = bindir
+        self.max_connections = max_connections
         self.password = secrets.token_hex(16)
         self.port = free_port()
         self.base = Path(tempfile.mkdtemp(prefix="test-postgres-"))
@@ -156,7 +157,7 @@ class PostgresServer:
     def start(self) -> None:
         options = (
             f"-h 127.0.0.1 -p {self.port} -k '' -c fsync=off -c synchronous_commit=off "
-            "-c full_page_writes=off -c max_connections=50"
+            f"-c full_page_writes=off -c max_connections={self.max_connections}"
         )
         self._run(
             "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
@@ -187,11 +188,11 @@ def start_redis() -> RedisServer | None:
     return server
 
 
-def start_postgres() -> PostgresServer | None:
+def start_postgres(max_connections: int = 50) -> PostgresServer | None:
     bindir = find_postgres_bindir()
     if bindir is None:
         return None
-    server = PostgresServer(bindir)
+    server = PostgresServer(bindir, max_connections)
     try:
         server.init()
         server.start()

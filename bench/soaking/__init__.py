@@ -22,11 +22,18 @@ Every random choice of the simulation comes from --seed (printed, to replay); th
 threads and processes does not. Loopback only. Exits non-zero on any failure.
 
     bench/soak [--minutes 5] [--users 30] [--seed S] [--heal-timeout 180] [--keep]
-    (bench/soak runs `python -m bench.soaking`)
+               [--couchbase | --cluster] [--net-faults]
+    (bench/soak runs `python -m bench.soaking`; `make soak-cluster` runs --cluster)
+
+--cluster runs the production topology (cluster.py): gocaves, Redis and PostgreSQL started by the
+run, two web nodes (each request to one at random) and two worker nodes (`--shard 0/2 --node w0`,
+`--shard 1/2 --node w1`); the fault schedule also kills whole nodes, a password changed through
+one node must sign the user out on the other, and a run must have injected enough faults.
 
 The package: common.py (settings, money helpers, counters), client.py (HTTP and page parsing),
 chain.py (the test bitcoind and the payments), users.py and money.py (the simulated users),
-processes.py (web and worker nodes, the processor), faults.py (the fault schedule), dump.py and
+processes.py (web and worker nodes, the processor), faults.py (the fault schedule), cluster.py
+(--cluster: its services, thresholds and the cross-node password check), dump.py and
 reconcile.py (what the store holds, and whether it agrees with what the users saw), report.py (the
 summary), main.py (the run).
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import http.client
 import io
+import random
 import re
 import urllib.parse
 import uuid
@@ -12,6 +13,10 @@ from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 
 from .common import HTTP_TIMEOUT, Stats, parse_sats
+
+
+class _Refused(Exception):
+    """The node refused the connection: the request never reached it (safe to send elsewhere)."""
 
 
 class Lost(Exception):
@@ -34,9 +39,41 @@ class Response:
 
 
 class Client:
-    def __init__(self, port: int, stats: Stats, who: str):
-        self.port, self.stats, self.who = port, stats, who
+    """One person's browser. With several web nodes (`ports`), each request goes to one picked at
+    random, as a load balancer without affinity would send it; a connection refused (that node is
+    down: killed, restarting) is tried on another node, as the balancer's health check would, since
+    a refused connection never reached a server. `pin` sends every request to one port."""
+
+    def __init__(
+        self,
+        ports: int | list[int],
+        stats: Stats,
+        who: str,
+        rng: random.Random | None = None,
+        pin: int | None = None,
+    ):
+        self.ports = [ports] if isinstance(ports, int) else list(ports)
+        if not self.ports:
+            raise ValueError("a client needs at least one web node's port")
+        self.stats, self.who = stats, who
+        self.rng = rng or random.Random(who)
+        self.pin = pin
         self.cookies: dict[str, str] = {}
+
+    @property
+    def port(self) -> int:
+        """The first node's port (the only one without a cluster)."""
+        return self.ports[0]
+
+    def pick(self, avoid: set[int] = frozenset()) -> int:
+        """The node for the next request: the pinned one, else one at random (not in `avoid`
+        while another is left)."""
+        if self.pin is not None:
+            return self.pin
+        if len(self.ports) == 1:
+            return self.ports[0]
+        choices = [p for p in self.ports if p not in avoid] or self.ports
+        return self.rng.choice(choices)
 
     def _update_cookies(self, headers: list[str]) -> None:
         for header in headers:
@@ -59,13 +96,33 @@ class Client:
         files: dict[str, tuple[str, str, bytes]] | None = None,
         money: bool = False,
     ) -> Response:
-        headers = {"Host": f"127.0.0.1:{self.port}", "Connection": "close", "User-Agent": "soak"}
+        refused: set[int] = set()
+        while True:
+            port = self.pick(refused)
+            try:
+                return self._request(port, method, path, fields, files, money)
+            except _Refused as exc:
+                refused.add(port)
+                if self.pin is not None or len(refused) >= len(self.ports):
+                    self.stats.lost_answer(False)
+                    raise Lost(f"{method} {path}: {exc.args[0]!r}") from None
+
+    def _request(
+        self,
+        port: int,
+        method: str,
+        path: str,
+        fields: dict | list | None,
+        files: dict[str, tuple[str, str, bytes]] | None,
+        money: bool,
+    ) -> Response:
+        headers = {"Host": f"127.0.0.1:{port}", "Connection": "close", "User-Agent": "soak"}
         if self.cookies:
             headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         body = None
         if method == "POST":
             headers["X-CSRFToken"] = self.cookies.get("csrftoken", "")
-            headers["Referer"] = f"http://127.0.0.1:{self.port}/"
+            headers["Referer"] = f"http://127.0.0.1:{port}/"
             if files:
                 boundary = uuid.uuid4().hex
                 body = multipart(boundary, fields or {}, files)
@@ -73,7 +130,20 @@ class Client:
             else:
                 body = urllib.parse.urlencode(fields or {}).encode()
                 headers["Content-Type"] = "application/x-www-form-urlencoded"
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=HTTP_TIMEOUT)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT)
+        try:
+            conn.connect()
+        except ConnectionRefusedError as exc:
+            conn.close()
+            raise _Refused(exc) from None
+        except TimeoutError as exc:
+            conn.close()
+            self.stats.lost_answer(True)
+            raise Lost(f"{method} {path}: timed out ({exc})", timed_out=True) from None
+        except OSError as exc:
+            conn.close()
+            self.stats.lost_answer(False)
+            raise Lost(f"{method} {path}: {exc!r}") from None
         if money:
             self.stats.posting(1)
         try:

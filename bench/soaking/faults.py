@@ -62,6 +62,33 @@ def fault_loop(site: Site, procs: Processes, rng: random.Random) -> None:
                 stats.fault("run_workers restarted")
 
 
+def cluster_fault_loop(site: Site, procs: Processes, rng: random.Random) -> None:
+    """--cluster: kills of any node. A gunicorn worker of either web node (mostly mid-request), a
+    whole web node (master and workers at once, then started again: meanwhile the users' requests
+    go to the other node), or a worker node (`run_workers --shard i/2`, started again under the
+    same name, so it takes its shard and any lease it held straight back). Paced so that five
+    minutes hold well over the 20 node kills `make soak-cluster` asks for (~45 expected)."""
+    stats = site.stats
+    while not site.stop.wait(rng.uniform(1.0, 3.0)):
+        r = rng.random()
+        if r < 0.35:
+            how = procs.kill_web_worker(rng, aim=3.0 if rng.random() < 0.8 else 0.0)
+            if how:
+                stats.fault(f"gunicorn worker SIGKILL ({how})")
+        elif r < 0.675:
+            node = procs.kill_web_node(rng, aim=2.0 if rng.random() < 0.7 else 0.0)
+            if node is not None:
+                stats.fault("web node SIGKILL", detail=f"node {node.index} port {node.port}")
+                site.stop.wait(rng.uniform(0.5, 3.0))
+                procs.start_web()
+                stats.fault("web node restarted")
+        elif procs.kill_worker(rng, aim=2.0 if rng.random() < 0.8 else 0.0):
+            stats.fault("worker node SIGKILL")
+            site.stop.wait(rng.uniform(0.5, 3.0))
+            procs.start_workers()
+            stats.fault("worker node restarted")
+
+
 def processor_loop(site: Site, procs: Processes, rng: random.Random, lease: int) -> None:
     node, stats = site.chain.node, site.stats
     while not site.stop.wait(rng.uniform(3.0, 6.0)):
@@ -147,25 +174,31 @@ def race_loop(site: Site, users: list[User], rng: random.Random) -> None:
                 u.lock.release()
 
 
-def net_fault_loop(site: Site, net, rng: random.Random) -> None:
+def net_fault_loop(site: Site, net, rng: random.Random, fast: bool = False) -> None:
     """Network faults between the site and Couchbase (netfaults.NetFaults), one at a time: on one
-    KV port (one node) or all, held a few seconds, then healed before the next."""
+    KV port (one node) or all, held a few seconds, then healed before the next. `fast` (--cluster):
+    shorter gaps and holds, ~75 faults in five minutes where `make soak-cluster` asks for 50."""
     stats = site.stats
-    while not site.stop.wait(rng.uniform(2.0, 6.0)):
+    gap, drop, cut, slow = (
+        ((1.0, 3.0), (1.0, 3.0), (0.5, 2.0), (2.0, 5.0))
+        if fast
+        else ((2.0, 6.0), (1.0, 5.0), (0.5, 3.0), (3.0, 10.0))
+    )
+    while not site.stop.wait(rng.uniform(*gap)):
         ports = net.ports if rng.random() < 0.3 else [rng.choice(net.ports)]
         where = "every KV port" if len(ports) == len(net.ports) else f"KV port {ports[0]}"
         r = rng.random()
         try:
             if r < 0.45:
-                hold = rng.uniform(1.0, 5.0)
+                hold = rng.uniform(*drop)
                 net.drop(ports)
                 stats.fault("net DROP (silent loss)", detail=f"{where} for {hold:.1f} s")
             elif r < 0.7:
-                hold = rng.uniform(0.5, 3.0)
+                hold = rng.uniform(*cut)
                 net.reset(ports)
                 stats.fault("net REJECT tcp-reset (cut)", detail=f"{where} for {hold:.1f} s")
             else:
-                hold, kbit = rng.uniform(3.0, 10.0), rng.randint(60, 600)
+                hold, kbit = rng.uniform(*slow), rng.randint(60, 600)
                 net.slow(ports, kbit)
                 stats.fault("net slow link (htb)", detail=f"{where} {kbit} kbit for {hold:.1f} s")
             site.stop.wait(hold)

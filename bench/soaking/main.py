@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import __doc__ as PACKAGE_DOC
-from . import netfaults
+from . import cluster, netfaults
 from .chain import Chain, SoakNode, derive_regtest_addresses
 from .common import (
     ADDRESSES_PER_LIST_PAGE,
@@ -26,7 +26,15 @@ from .common import (
     Stats,
     free_port,
 )
-from .faults import chain_loop, fault_loop, guarded, net_fault_loop, processor_loop, race_loop
+from .faults import (
+    chain_loop,
+    cluster_fault_loop,
+    fault_loop,
+    guarded,
+    net_fault_loop,
+    processor_loop,
+    race_loop,
+)
 from .gocaves import Gocaves
 from .processes import Processes, make_env, wait_healthy
 from .reconcile import check_payouts, drained, reconcile
@@ -55,10 +63,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "instead of the embedded store",
     )
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the production topology (implies --couchbase): gocaves, Redis and PostgreSQL "
+        "started by the run, two web nodes (requests spread at random) and two worker nodes "
+        "(run_workers --shard 0/2 and 1/2); kills of whole nodes too; a password change on one "
+        "node must end the sessions on the other",
+    )
+    parser.add_argument(
         "--net-faults",
         action="store_true",
-        help="with --couchbase: drop, cut and slow the traffic to gocaves' KV ports at random "
-        "(root, iptables and tc; every rule removed on heal, exit and signals)",
+        help="with --couchbase or --cluster: drop, cut and slow the traffic to gocaves' KV ports "
+        "at random (root, iptables and tc; every rule removed on heal, exit and signals)",
     )
     parser.add_argument(
         "--heal-net",
@@ -66,8 +82,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="only remove any network fault a soak left behind (rules marked adspace-soak)",
     )
     args = parser.parse_args(argv)
+    if args.cluster:
+        args.couchbase = True
     if args.net_faults and not args.couchbase:
-        parser.error("--net-faults puts faults between the site and Couchbase: add --couchbase")
+        parser.error(
+            "--net-faults puts faults between the site and Couchbase: add --couchbase or --cluster"
+        )
+    if args.cluster and not args.heal_net and (lacking := cluster.missing()):
+        parser.error("--cluster needs: " + "; ".join(lacking))
     if args.net_faults and (why := netfaults.unavailable()):
         parser.error(why)
     return args
@@ -93,23 +115,41 @@ def main(argv: list[str] | None = None) -> int:
     node = SoakNode()
     node.start()
     node.create_wallet(PAYOUT_WALLET, watch_only=False, balance=1_000_000 * SATS)
-    port = free_port()
+    ports = [free_port() for _ in range(cluster.WEB_NODES if args.cluster else 1)]
     caves = Gocaves(work) if args.couchbase else None
-    if caves is not None:
-        try:
+    services = cluster.Services() if args.cluster else None
+    try:
+        if caves is not None:
             caves.start()
-        except BaseException:
+        if services is not None:
+            services.start()
+    except BaseException:
+        if services is not None:
+            services.stop()
+        if caves is not None:
             caves.stop()
-            node.stop()
-            raise
+        node.stop()
+        raise
     env, backend = make_env(work, node.url, caves.env() if caves else None)
+    if services is not None:
+        env.update(services.env())
     net = netfaults.NetFaults(caves.kv_ports()) if args.net_faults else None
     stats.journal = open(work / "soak.log", "a")  # noqa: SIM115 - closed at the end
-    procs = Processes(work, env, stats, web_ports=[port])
+    procs = Processes(
+        work,
+        env,
+        stats,
+        web_ports=ports,
+        worker_args=cluster.worker_args() if args.cluster else None,
+    )
     chain = Chain(node, stats)
-    site = Site(args, port, stats, chain)
+    site = Site(args, ports, stats, chain)
     print(f"soak: seed {seed}, {args.users} users, {args.minutes:g} min, {backend} docstore, "
           f"work dir {work}", flush=True)  # fmt: skip
+    if services is not None:
+        print(f"soak: {services.describe()}; web nodes on ports {', '.join(map(str, ports))}; "
+              "worker nodes " + ", ".join(" ".join(a) for a in cluster.worker_args())
+              + ("" if net else "; no network faults (not asked for)"), flush=True)  # fmt: skip
     ok = False
     try:
         # 1. The real thing, fresh.
@@ -124,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         payout_addresses = derive_regtest_addresses("m/84h/1h/1h", args.users)
         procs.start_workers()
         procs.start_web()
-        if not wait_healthy(port, 60):
-            raise RuntimeError(f"the site did not answer /healthz with 200; see {work}")
+        for p in ports:
+            if not wait_healthy(p, 60):
+                raise RuntimeError(
+                    f"the site on port {p} did not answer /healthz with 200; see {work}"
+                )
         setup_seconds = time.monotonic() - started
         print(f"soak: up in {setup_seconds:.1f} s ({count} pool addresses); load for "
               f"{args.minutes:g} min", flush=True)  # fmt: skip
@@ -139,12 +182,16 @@ def main(argv: list[str] | None = None) -> int:
         }
         loops = [
             ("chain", chain_loop, (site, rngs["chain"])),
-            ("faults", fault_loop, (site, procs, rngs["faults"])),
+            (
+                "faults",
+                cluster_fault_loop if args.cluster else fault_loop,
+                (site, procs, rngs["faults"]),
+            ),
             ("processor", processor_loop, (site, procs, rngs["proc"], args.processor_lease)),
             ("races", race_loop, (site, users, rngs["race"])),
         ]
         if net is not None:
-            loops.append(("network faults", net_fault_loop, (site, net, rngs["net"])))
+            loops.append(("network faults", net_fault_loop, (site, net, rngs["net"], args.cluster)))
         threads += [
             threading.Thread(target=guarded, args=(stats, name, fn, *a), name=name, daemon=True)
             for name, fn, a in loops
@@ -171,8 +218,27 @@ def main(argv: list[str] | None = None) -> int:
 
         # 4. Heal: no more faults; let the system drain.
         heal_start = time.monotonic()
-        left, dump = heal(args, procs, chain, stats, port)
+        left, dump = heal(args, procs, chain, stats, ports)
         heal_seconds = time.monotonic() - heal_start
+
+        # 4b. The cluster: what it must have injected; a password change across nodes.
+        cluster_lines: list[str] = []
+        cluster_problems: list[str] = []
+        if args.cluster:
+            kills, nets = cluster.node_kills(stats.faults), cluster.net_faults(stats.faults)
+            short, asked = cluster.shortfalls(args.minutes, stats.faults, net is not None)
+            cluster_problems += short
+            cluster_lines.append(
+                f"cluster: {len(ports)} web nodes, {len(procs.workers)} worker nodes, Redis, "
+                f"PostgreSQL; node kills {kills}, network faults {nets}"
+                + ("" if net is not None else " (not asked for)")
+                + f"; {asked}: {'met' if not short else 'NOT met'}"
+            )
+            cluster_lines += [f"  {why}" for why in short]
+            line, problems = cluster.password_check(users, ports, stats)
+            cluster_problems += problems
+            cluster_lines += [line] if line else []
+            cluster_lines += [f"  {p}" for p in problems]
 
         # 5. Audit, read everything, reconcile.
         audit = subprocess.run(
@@ -196,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 left=left, heal_seconds=heal_seconds, locks_left=locks_left, audit=audit,
                 web_logs=procs.log_paths("gunicorn"), worker_logs=procs.log_paths("worker"),
                 stuck=stuck, replay=replay_options(args),
+                extra=cluster_lines, extra_problems=cluster_problems,
             )
         )  # fmt: skip
         print("\n".join(out), flush=True)
@@ -210,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         procs.stop()
         if caves is not None:
             caves.stop()
+        if services is not None:
+            services.stop()
         node.stop()
         with stats.lock:
             stats.journal.close()
@@ -222,19 +291,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def replay_options(args) -> str:
-    return "".join(
-        f" --{name.replace('_', '-')}"
-        for name in ("couchbase", "net_faults")
-        if getattr(args, name)
-    )
+    names = ("cluster", "net_faults") if args.cluster else ("couchbase", "net_faults")
+    return "".join(f" --{name.replace('_', '-')}" for name in names if getattr(args, name))
 
 
-def heal(args, procs: Processes, chain: Chain, stats: Stats, port: int) -> tuple[list[str], dict]:
+def heal(
+    args, procs: Processes, chain: Chain, stats: Stats, ports: list[int]
+) -> tuple[list[str], dict]:
     """No more faults: restart what is down and let recovery, the creditor, the watcher and the
     processor drain everything. Returns what is still left (empty: drained) and the last dump."""
     heal_start = time.monotonic()
     procs.start_workers()
-    wait_healthy(port, 30)
+    procs.start_web()
+    for port in ports:
+        wait_healthy(port, 30)
     chain.mine(1)
     left: list[str] = ["not checked yet"]
     last_processor = 0.0

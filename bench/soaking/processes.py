@@ -1,9 +1,10 @@
 """The site's processes as the soak runs and kills them.
 
 A web node is one gunicorn master on its own loopback port (its workers are what the fault schedule
-SIGKILLs); a worker node is one `manage.py run_workers` process with its own arguments. The soak
-runs one of each; `Processes(..., web_ports=[p0, p1], worker_args=[["--shard", "0/2"], ...])` runs
-several, each logging to its own files (gunicorn.log, gunicorn-1.log, ...; worker.log, worker-1.log).
+SIGKILLs, and with --cluster the whole node); a worker node is one `manage.py run_workers` process
+with its own arguments. The soak runs one of each; `Processes(..., web_ports=[p0, p1],
+worker_args=[["--shard", "0/2", "--node", "w0"], ...])` runs several (--cluster: two and two), each
+logging to its own files (gunicorn.log, gunicorn-1.log, ...; worker.log, worker-1.log).
 """
 
 from __future__ import annotations
@@ -66,39 +67,63 @@ def log_name(stem: str, index: int) -> str:
 
 
 class WebNode:
-    """One gunicorn master on its own port, started as bin/serve starts it."""
+    """One gunicorn master on its own port, started as bin/serve starts it. `kill()` SIGKILLs
+    the whole node (master and workers: its own process group); `start()` starts it again."""
 
     def __init__(self, procs: Processes, index: int, port: int):
         self.procs, self.index, self.port = procs, index, port
         self.gunicorn: subprocess.Popen | None = None
+        self.lock = threading.Lock()
+        self.down = False  # killed on purpose and not started again yet
 
     def start(self) -> None:
-        # The arguments bin/serve uses (its defaults: 2 workers, 8 threads), on our loopback port.
-        self.gunicorn = subprocess.Popen(
-            [GUNICORN, "config.wsgi:application", "-c", "config/gunicorn.py",
-             "--bind", f"127.0.0.1:{self.port}",
-             "--workers", "2", "--threads", "8", "--access-logfile", "-",
-             "--graceful-timeout", "10", "--reuse-port"],
-            cwd=ROOT, env=self.procs.env,
-            stdout=self.procs.log(log_name("access", self.index)),
-            stderr=self.procs.log(log_name("gunicorn", self.index)),
-            start_new_session=True,
-        )  # fmt: skip
+        """Start it unless it is running."""
+        with self.lock:
+            if self.gunicorn is not None and self.gunicorn.poll() is None:
+                return
+            # The arguments bin/serve uses (its defaults: 2 workers, 8 threads), on our port.
+            self.gunicorn = subprocess.Popen(
+                [GUNICORN, "config.wsgi:application", "-c", "config/gunicorn.py",
+                 "--bind", f"127.0.0.1:{self.port}",
+                 "--workers", "2", "--threads", "8", "--access-logfile", "-",
+                 "--graceful-timeout", "10", "--reuse-port"],
+                cwd=ROOT, env=self.procs.env,
+                stdout=self.procs.log(log_name("access", self.index)),
+                stderr=self.procs.log(log_name("gunicorn", self.index)),
+                start_new_session=True,
+            )  # fmt: skip
+            self.down = False
+
+    def kill(self) -> bool:
+        """SIGKILL the master and its workers at once (a machine lost, not a shutdown)."""
+        with self.lock:
+            if self.gunicorn is None or self.gunicorn.poll() is not None:
+                return False
+            self.down = True
+            try:
+                os.killpg(self.gunicorn.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.gunicorn.wait(timeout=10)
+            return True
 
     def died(self) -> bool:
-        return self.gunicorn is not None and self.gunicorn.poll() is not None
+        """It exited without being killed on purpose."""
+        with self.lock:
+            return not self.down and self.gunicorn is not None and self.gunicorn.poll() is not None
 
     def workers(self) -> list[int]:
         return children(self.gunicorn.pid) if self.gunicorn else []
 
     def stop(self) -> None:
-        if self.gunicorn is not None and self.gunicorn.poll() is None:
-            self.gunicorn.terminate()
-            try:
-                self.gunicorn.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.gunicorn.pid, signal.SIGKILL)
-                self.gunicorn.wait(timeout=10)
+        with self.lock:
+            if self.gunicorn is not None and self.gunicorn.poll() is None:
+                self.gunicorn.terminate()
+                try:
+                    self.gunicorn.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.gunicorn.pid, signal.SIGKILL)
+                    self.gunicorn.wait(timeout=10)
 
 
 class WorkerNode:
@@ -183,8 +208,21 @@ class Processes:
         )
 
     def start_web(self) -> None:
+        """Start every web node that is not running."""
         for node in self.web:
             node.start()
+
+    def kill_web_node(self, rng: random.Random, aim: float = 0.0) -> WebNode | None:
+        """SIGKILL one web node at random, master and workers; with `aim`, wait up to that long
+        for a money POST in flight first, so requests die with it. The caller starts it again."""
+        deadline = time.monotonic() + aim
+        node = rng.choice(self.web)
+        while time.monotonic() < deadline and not self.stats.inflight:
+            time.sleep(0.002)
+        if not node.kill():
+            return None
+        self.stats.note(f"FAULT SIGKILL web node {node.index} (port {node.port})")
+        return node
 
     def start_workers(self) -> None:
         """Start every worker node that is not running."""
@@ -226,7 +264,10 @@ class Processes:
     def kill_worker(self, rng: random.Random, aim: float = 0.0) -> bool:
         """SIGKILL a worker node (the only one, or one at random); see WorkerNode.kill."""
         node = self.workers[0] if len(self.workers) == 1 else rng.choice(self.workers)
-        return node.kill(aim)
+        if node.kill(aim):
+            self.stats.note(f"FAULT SIGKILL worker node {node.index} ({' '.join(node.args)})")
+            return True
+        return False
 
     def run_processor(
         self, lease: int, kill_on_send: SoakNode | None = None, timeout: float = 90

@@ -74,6 +74,8 @@ class Finish:
     worker_logs: list[Path]
     stuck: list[str] = field(default_factory=list)
     replay: str = ""  # extra options to replay the run (the backend, the network faults)
+    extra: list[str] = field(default_factory=list)  # lines of --cluster (kills, password check)
+    extra_problems: list[str] = field(default_factory=list)  # ... and why it failed
 
 
 def summary(f: Finish) -> tuple[list[str], bool]:
@@ -131,6 +133,7 @@ def summary(f: Finish) -> tuple[list[str], bool]:
         f"disagreements: {len(rec.disagreements)}",
     ]
     out += [f"  {d}" for d in rec.disagreements[:40]]
+    out += f.extra
     if stats.bad:
         out.append("unclear HTTP answers (first 20):")
         out += [f"  {b}" for b in stats.bad[:20]]
@@ -154,6 +157,7 @@ def summary(f: Finish) -> tuple[list[str], bool]:
         or stats.bad
         or rec.disagreements
         or stats.internal
+        or f.extra_problems
     )
     ok = not failed
     out += [

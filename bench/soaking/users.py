@@ -51,15 +51,21 @@ def png(width: int, height: int, color: tuple[int, int, int]) -> bytes:
 
 
 class Site:
-    """Everything the simulation shares: campaigns seen, addresses seen, processes."""
+    """Everything the simulation shares: campaigns seen, addresses seen, processes. `ports`: the
+    web nodes' (one, or several for --cluster: each request goes to one of them)."""
 
-    def __init__(self, args, port: int, stats: Stats, chain: Chain):
-        self.args, self.port, self.stats, self.chain = args, port, stats, chain
+    def __init__(self, args, ports: int | list[int], stats: Stats, chain: Chain):
+        self.ports = [ports] if isinstance(ports, int) else list(ports)
+        self.args, self.stats, self.chain = args, stats, chain
         self.lock = threading.Lock()
         self.campaigns: dict[tuple[str, int], tuple[int, int]] = {}  # (owner, n) -> (w, h)
         self.address_owner: dict[str, str] = {}
         self.address_conflicts: list[str] = []
         self.stop = threading.Event()
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
 
     def add_campaign(self, owner: str, n: int, w: int, h: int) -> None:
         with self.lock:
@@ -78,7 +84,10 @@ class User(MoneyMoves):
         self.name = f"user{index}"
         self.rng = random.Random(f"{seed}:user:{index}")
         self.password = f"Soak-{self.rng.getrandbits(64):016x}-pw"
-        self.http = Client(site.port, site.stats, self.name)
+        # Which web node serves each request: a stream of its own, so adding nodes leaves the
+        # users' own choices (what to do, how much) as the seed made them.
+        route = random.Random(f"{seed}:route:{index}")
+        self.http = Client(site.ports, site.stats, self.name, rng=route)
         self.lock = threading.Lock()
         self.seller = index % 3 == 0
         self.payout_address = payout_address
