@@ -61,5 +61,5 @@ soak:
 # node kills and (as root, with iptables) network faults; SOAK_MINUTES long (default 5). Skipped,
 # saying so, without gocaves, redis-server or PostgreSQL.
 SOAK_MINUTES ?= 5
-soak-cluster:
+soak-cluster: install
 	SOAK_MINUTES=$(SOAK_MINUTES) SOAK_ARGS="$(SOAK_ARGS)" bench/soak-cluster
