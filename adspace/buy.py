@@ -90,6 +90,23 @@ def sale_fee(price: int) -> int:
     return fee_up(price, settings.SALE_FEE_PERMILLE)
 
 
+def check_filler(store: Store, buyer: str, filler_index: int, campaign: dict) -> dict:
+    """The buyer's ad `filler_index`, if it may fill a slot of `campaign` (else FillerInvalid,
+    saying why): it exists, is not archived and has the campaign's size."""
+    try:
+        filler = gateway.get_filler(store, buyer, filler_index)
+    except NotFound:
+        raise FillerInvalid() from None
+    if filler.get("archived"):
+        raise FillerInvalid(f"Your ad '{filler['nickname']}' is archived; choose another ad.")
+    if (filler["width"], filler["height"]) != (campaign["width"], campaign["height"]):
+        raise FillerInvalid(
+            f"This space takes {campaign['width']}x{campaign['height']} px ads; "
+            f"'{filler['nickname']}' is {filler['width']}x{filler['height']} px."
+        )
+    return filler
+
+
 def buy_next_slot(
     store: Store,
     clock: Clock,
@@ -115,17 +132,7 @@ def buy_next_slot(
         raise OwnCampaign()
     if campaign.get("paused"):
         raise CampaignPaused()
-    try:
-        filler = gateway.get_filler(store, buyer, filler_index)
-    except NotFound:
-        raise FillerInvalid() from None
-    if filler.get("archived"):
-        raise FillerInvalid(f"Your ad '{filler['nickname']}' is archived; choose another ad.")
-    if (filler["width"], filler["height"]) != (campaign["width"], campaign["height"]):
-        raise FillerInvalid(
-            f"This space takes {campaign['width']}x{campaign['height']} px ads; "
-            f"'{filler['nickname']}' is {filler['width']}x{filler['height']} px."
-        )
+    check_filler(store, buyer, filler_index, campaign)
     k = pricing.next_slot_index(campaign.get("last"))
     if finish_lagging_sales(store, clock, owner, n, k):
         # The campaign lagged behind a sale; now that it is finished, price once more.

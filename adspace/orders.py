@@ -176,16 +176,9 @@ def _campaign_for(store: Store, buyer: str, owner: str, n: int, filler_index: in
     if campaign.get("paused"):
         raise OrderError("The seller has paused this campaign; no order can be placed now.")
     try:
-        filler = gateway.get_filler(store, buyer, filler_index)
-    except NotFound:
-        raise OrderError(buy.FillerInvalid.message + " Nothing was placed.") from None
-    if filler.get("archived"):
-        raise OrderError(f"Your ad '{filler['nickname']}' is archived; choose another ad.")
-    if (filler["width"], filler["height"]) != (campaign["width"], campaign["height"]):
-        raise OrderError(
-            f"This space takes {campaign['width']}x{campaign['height']} px ads; "
-            f"'{filler['nickname']}' is {filler['width']}x{filler['height']} px."
-        )
+        buy.check_filler(store, buyer, filler_index, campaign)
+    except buy.FillerInvalid as exc:
+        raise OrderError(f"{exc} Nothing was placed.") from None
     return campaign
 
 

@@ -3,6 +3,7 @@ seller's campaigns, and a campaign page."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -21,6 +22,9 @@ pytestmark = pytest.mark.django_db
 SELLERS = "/ads/buy-ad-space/"
 M = 300_000
 HOUR = 3600
+
+
+_ads = itertools.count()
 
 
 def make_sellers(store, clock, count: int) -> list[str]:
@@ -84,10 +88,11 @@ def make(store, clock, owner, w=300, h=250, hours=24, price=M, site="https://sit
 
 
 def sell_one(store, clock, ref: str, buyer: str = "buyer") -> None:
+    """`buyer` buys the next slot of `ref` ("owner/n") at its price now, with a new ad."""
     owner, n = ref.split("/")
     doc = gateway.get_campaign(store, owner, int(n)).value
     filler = gateway.create_filler(
-        store, clock, buyer, f"ad{random.random()}", "h", "https://a.test/",
+        store, clock, buyer, f"ad-{next(_ads)}", "h", "https://a.test/",
         doc["width"], doc["height"], "0",
     )  # fmt: skip
     price = pricing.current_price(doc["minPrice"], doc.get("last"), clock.now())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import random
 import re
 from fractions import Fraction
@@ -10,14 +9,14 @@ from fractions import Fraction
 import pytest
 
 import docstore
-from adspace import browse, buy, gateway, pricing
+from adspace import browse, gateway, pricing
 from docstore import TemporaryFailure
 from docstore.faults import Hook, HookedStore
+from tests.test_browse import sell_one
 
 pytestmark = pytest.mark.django_db
 
 HOUR = 3600
-_ads = itertools.count()
 ITEM = re.compile(r'<li><a href="/ads/buy-ad-space/([A-Za-z0-9]+)/([0-9]+)">')
 
 
@@ -33,17 +32,6 @@ def refs(html: str, list_id: str) -> list[str]:
 def make(store, clock, owner, price, hours=24, w=300, h=250, title="") -> str:
     n = gateway.create_campaign(store, clock, owner, price, hours, w, h, [], title=title)
     return f"{owner}/{n}"
-
-
-def sell(store, clock, ref: str, buyer: str = "buyer") -> None:
-    owner, n = ref.split("/")
-    doc = gateway.get_campaign(store, owner, int(n)).value
-    filler = gateway.create_filler(
-        store, clock, buyer, f"ad-{next(_ads)}", "h", "https://a.test/",
-        doc["width"], doc["height"], "0",
-    )  # fmt: skip
-    price = pricing.current_price(doc["minPrice"], doc.get("last"), clock.now())
-    buy.buy_next_slot(store, clock, buyer, owner, int(n), filler, price)
 
 
 @pytest.fixture
@@ -63,8 +51,8 @@ def market(store, clock, make_user):
         made[name] = make(store, clock, name, price, hours)
         clock.advance(60)
     gateway.set_campaign_paused(store, "paused", 0, "paused", True)
-    sell(store, clock, made["slow"])  # 0.006 falling to 0.003 over 24 h: ~3.5 sats a second
-    sell(store, clock, made["fast"])  # 0.006 falling to 0.003 over 1 h: ~83 sats a second
+    sell_one(store, clock, made["slow"])  # 0.006 falling to 0.003 over 24 h: ~3.5 sats a second
+    sell_one(store, clock, made["fast"])  # 0.006 falling to 0.003 over 1 h: ~83 sats a second
     clock.advance(60)
     return made
 
@@ -111,7 +99,7 @@ def test_with_nothing_sold_nothing_falls_and_every_list_says_so_when_empty(clien
 def test_a_sale_shows_on_the_home_page_within_the_cache_window(client, store, clock, market):
     html = client.get("/").content.decode()
     assert market["cheap"] in refs(html, "open-now")
-    sell(store, clock, market["cheap"])
+    sell_one(store, clock, market["cheap"])
     clock.advance(browse.SNAPSHOT_SECONDS)
     html = client.get("/").content.decode()
     assert market["cheap"] not in refs(html, "open-now")
@@ -150,7 +138,7 @@ def test_the_lists_agree_with_a_brute_force_over_many_campaigns(store, clock, ma
         clock.advance(rng.randrange(1, 100))
     for ref in rng.sample(made, 25):
         for _ in range(rng.randrange(1, 3)):
-            sell(store, clock, ref)
+            sell_one(store, clock, ref)
         clock.advance(rng.randrange(1, 2000))
     for _ in range(5):
         clock.advance(rng.randrange(browse.SNAPSHOT_SECONDS, 4 * HOUR))

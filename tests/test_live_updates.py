@@ -7,7 +7,6 @@ Driven through the site's WSGI application (the slim serving handler) and the te
 
 from __future__ import annotations
 
-import io
 import json
 import re
 
@@ -18,6 +17,7 @@ from adspace import buy, fragments, gateway, live, pricing, review, serving
 from config import handlers
 from docstore import TemporaryFailure
 from docstore.faults import Hook, HookedStore
+from tests.test_lean_serving import environ_for
 
 pytestmark = pytest.mark.django_db
 
@@ -44,22 +44,7 @@ def app():
 
 def get(app, url: str = URL, method: str = "GET", **headers) -> tuple[int, dict, bytes]:
     """Status, headers (lower-case names) and body of one request through the WSGI app."""
-    environ = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": url.partition("?")[0],
-        "QUERY_STRING": url.partition("?")[2],
-        "RAW_URI": url,
-        "SERVER_NAME": "testserver",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_HOST": "testserver",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(b""),
-        "wsgi.errors": io.StringIO(),
-        "CONTENT_LENGTH": "0",
-    }
-    for name, value in headers.items():
-        environ["HTTP_" + name.upper()] = value
+    environ = environ_for(method, url, headers)
     started = []
     body = b"".join(app(environ, lambda s, h, exc_info=None: started.append((s, h))))
     status, pairs = started[0]
