@@ -75,22 +75,17 @@ def unavailable_response(request, message: str) -> HttpResponse:
     return response
 
 
-class StoreUnavailableMiddleware:
-    def __init__(self, get_response):
-        self.get_response = get_response
-
-    def __call__(self, request):
-        return self.get_response(request)
-
-    def process_exception(self, request, exception):
-        message = _message(exception)
-        if message is None:
-            return None
-        log.warning(
-            "%s unreachable on %s %s: %s",
-            type(exception).__name__,
-            request.method,
-            request.path,
-            exception,
-        )
-        return unavailable_response(request, message)
+def answer_unavailable(request, exception: Exception) -> HttpResponse | None:
+    """The 503 for an exception a view raised because a service is down; None for any other
+    (SiteSecurityMiddleware.process_exception: the net under every view)."""
+    message = _message(exception)
+    if message is None:
+        return None
+    log.warning(
+        "%s unreachable on %s %s: %s",
+        type(exception).__name__,
+        request.method,
+        request.path,
+        exception,
+    )
+    return unavailable_response(request, message)

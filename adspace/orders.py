@@ -450,6 +450,13 @@ def book_summary(store: Store, owner: str, n: int, now: int) -> BookSummary:
     try:
         book = store.get(book_key(owner, n)).value
     except NotFound:
+        book = None
+    return summarize_book(book, now)
+
+
+def summarize_book(book: dict | None, now: int) -> BookSummary:
+    """book_summary of a book already read (None: the campaign has none)."""
+    if book is None:
         return BookSummary(0, None)
     live = live_entries(book, now)
     return BookSummary(len(live), live[0][1]["limit"] if live else None)

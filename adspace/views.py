@@ -593,8 +593,15 @@ def seller(request: HttpRequest, user: str) -> HttpResponse:
 
 @_shows_errors
 def campaign(request: HttpRequest, user: str, n: str) -> HttpResponse:
-    index, doc = _campaign_or_404(user, n)
+    index = _campaign_ref_or_404(user, n)
     store, now = get_store(), get_clock().now()
+    # The campaign and its standing orders' book in one docstore call.
+    found, book = store.get_several(
+        [(gateway.campaign_key(user, index), None), (orders.book_key(user, index), None)]
+    )
+    if found is None:
+        raise PageError(404, buy.CampaignMissing.message, _back("sellers", "All sellers"))
+    doc = found.value
     last = doc.get("last")
     row = services.campaign_row(doc, now)
     # The parts a sale, a boundary, a pause or a review changes, as the live updates send them.
@@ -615,7 +622,7 @@ def campaign(request: HttpRequest, user: str, n: str) -> HttpResponse:
         **_buy_form_context(request, doc),
     }
     # Standing orders: the counts for everyone, the form for a buyer with an ad that fits.
-    context["order_book"] = orders.book_summary(store, user, index, now)
+    context["order_book"] = orders.summarize_book(None if book is None else book.value, now)
     context["order_ads"] = [a for a in context.get("ads") or () if a["fits"]]
     return render(request, "adspace/campaign.html", context)
 

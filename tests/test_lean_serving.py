@@ -226,8 +226,6 @@ def test_the_wsgi_application_dispatches_by_path_with_slim_serving_middleware():
         "django.middleware.security.SecurityMiddleware",
         "accounts.security.SiteSecurityMiddleware",
         "django.middleware.common.CommonMiddleware",
-        "django.middleware.clickjacking.XFrameOptionsMiddleware",
-        "accounts.unavailable.StoreUnavailableMiddleware",
     ):
         assert needed in middleware
 

@@ -27,6 +27,37 @@ def test_only_the_embed_may_be_framed_by_other_sites(client, campaign):
     assert page["X-Frame-Options"] == "DENY"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/",
+        "/no/such/page/",
+        "/healthz",
+        "/embed.js",
+        "/api/v1/ads/seller/0/current",
+        "/embed/seller/0.json",
+        "/api/v1/campaigns/seller/0/live",
+    ],
+)
+def test_every_answer_but_the_embed_page_refuses_to_be_framed(client, campaign, url):
+    # Set by SiteSecurityMiddleware (not Django's XFrameOptionsMiddleware, whose deploy check
+    # is silenced for it), on pages, errors, the API and the serving paths alike.
+    assert client.get(url)["X-Frame-Options"] == "DENY"
+
+
+def test_a_view_whose_store_is_down_still_answers_unframeable_503(client, campaign, monkeypatch):
+    from adspace import views
+    from docstore import TemporaryFailure
+
+    def down(*args, **kwargs):
+        raise TemporaryFailure("cluster unreachable")
+
+    monkeypatch.setattr(views, "get_store", down)
+    response = client.get(f"/ads/buy-ad-space/seller/{campaign}")
+    assert response.status_code == 503 and response["X-Frame-Options"] == "DENY"
+    assert "cannot be reached" in response.content.decode()
+
+
 def test_admin_keeps_scripts_strict(admin_client):
     policy = admin_client.get("/admin/")["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "script-src 'self' 'unsafe-inline'" not in policy
