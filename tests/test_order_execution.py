@@ -36,13 +36,17 @@ def place(store, clock, buyer, n, limit, expires_at=None, filler=0):
 
 
 def run_until_sold(store, clock, n, step=60, limit_s=2 * DAY):
-    """Advance the clock a step at a time, running the executor, until a sale happens."""
+    """Run the executor as the worker does until a sale happens: the clock moves straight to the
+    next second an order falls due (as the worker's wait does), else by `step`. Jumping rather
+    than ticking keeps this to a few passes, which matters on Couchbase."""
     sold_before = gateway.get_campaign(store, "sam", n).value["last"]["slot"]
-    for _ in range(limit_s // step):
-        clock.advance(step)
-        order_exec.execute_due(store, clock)
+    deadline = clock.now() + limit_s
+    while clock.now() < deadline:
+        _, next_due = order_exec.execute_due(store, clock)
         if gateway.get_campaign(store, "sam", n).value["last"]["slot"] != sold_before:
             return
+        now = clock.now()
+        clock.set(next_due if next_due is not None and next_due > now else now + step)
     raise AssertionError("nothing sold")
 
 
